@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/python -m ebgan_jax.main --config=configs/mnist_fc.py:ebgan_pt,demo --workdir=$(WORKDIR)
+	$(VENV)/bin/python -m ebgan_jax.main --config=configs/mnist_fc.py:ebgan_pt --workdir=$(WORKDIR)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q tests
