@@ -1,0 +1,58 @@
+"""Entry point: python -m ebgan_jax.main --config=configs/FILE.py[:ARG] --workdir=DIR.
+
+Kept thin (as flax's examples do): the logic lives in library modules that the tests and the
+notebook import. `--config.key=value` overrides any config field. On a multi-host TPU pod or
+GPU cluster pass --distributed (JAX then finds the coordinator itself) or name it with
+--coordinator_address/--num_processes/--process_id.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+
+import jax
+import tensorflow as tf
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from ebgan_jax import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.',
+                    required=True)
+config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (multi-host).')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-host).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-host).')
+flags.DEFINE_integer('process_id', None, 'This process index (multi-host).')
+flags.DEFINE_string('cpu_collectives', 'gloo', 'CPU collectives for multi-process CPU runs.')
+
+
+class _LibraryInfoFilter(std_logging.Filter):
+  """Drops INFO lines of orbax (one per file it opens or closes); keeps its warnings."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if FLAGS.config is None:
+    raise app.UsageError('Pass --config=configs/FILE.py[:ARG], e.g. configs/mnist_fc.py:ebgan_pt')
+  for handler in std_logging.getLogger().handlers + std_logging.getLogger('absl').handlers:
+    handler.addFilter(_LibraryInfoFilter())
+  # tf.data only: keep TensorFlow off the accelerators JAX uses.
+  tf.config.set_visible_devices([], 'GPU')
+  if FLAGS.distributed or FLAGS.coordinator_address:
+    if jax.default_backend() == 'cpu' or FLAGS.coordinator_address:
+      jax.config.update('jax_cpu_collectives_implementation', FLAGS.cpu_collectives)
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  logging.info('JAX process %d of %d, %d local / %d global devices (%s).', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.default_backend())
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,206 @@
+"""Train state and the pure train step: one discriminator update, then one generator update.
+
+The state is one pytree (`TrainState`): each player's params, BatchNorm statistics and optax
+state, the step counter, and the per-run hyper-parameters that a population of runs may vary
+(`margin`, `pt_weight`; learning rates live in the optax states through
+`optax.inject_hyperparams`). orbax saves it as is, `jax.vmap` stacks it (population training),
+and `train_step(state, batch, key) -> (state, metrics)` is a pure function of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from ebgan_jax import losses, models, sharding
+
+Metrics = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class Player:
+  """One player's (G's or D's) trainable state."""
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array      # int32 scalar: number of completed train steps.
+  g: Player
+  d: Player
+  hparams: dict[str, jax.Array]  # {'margin': m at step 0, 'pt_weight': lambda_PT}.
+
+
+def make_optimizer(name: str, learning_rate: float, config: ml_collections.ConfigDict,
+                   total_steps: int) -> optax.GradientTransformation:
+  """Adam or plain SGD (Table 1's optimD/optimG), with an optional linear decay to 0.
+
+  The learning rate is an injected hyper-parameter (it lives in the optimizer state, so a
+  population of runs can hold different rates); the decay of App. D (linear to 0 from
+  `config.optim.lr_decay_start` to the last step) multiplies the updates.
+  """
+  if name == 'adam':
+    base = optax.inject_hyperparams(optax.adam)(
+        learning_rate=learning_rate, b1=config.optim.b1, b2=config.optim.b2)
+  elif name == 'sgd':
+    base = optax.inject_hyperparams(optax.sgd)(learning_rate=learning_rate)
+  else:
+    raise ValueError(f"Unknown optimizer {name!r}; config.optim.optim_d/optim_g must be "
+                     "'adam' or 'sgd'.")
+  start = config.optim.get('lr_decay_start', 0)
+  if start <= 0:
+    return base
+  decay = optax.linear_schedule(1.0, 0.0, transition_steps=max(total_steps - start, 1),
+                                transition_begin=start)
+  return optax.chain(base, optax.scale_by_schedule(decay))
+
+
+class Trainer:
+  """Binds a config to its models and optimizers; builds states and runs the pure step."""
+
+  def __init__(self, config: ml_collections.ConfigDict, total_steps: int = 1):
+    self.config = config
+    self.generator: nn.Module = models.get_generator(config)
+    self.discriminator: nn.Module = models.get_discriminator(config)
+    self.g_tx = make_optimizer(config.optim.optim_g, config.optim.lr_g, config, total_steps)
+    self.d_tx = make_optimizer(config.optim.optim_d, config.optim.lr_d, config, total_steps)
+    self.is_ebgan = config.loss.kind == 'ebgan'
+    self.image_shape = models.image_shape(config)
+
+  # -- state ----------------------------------------------------------------------------------
+  def create_state(self, key: jax.Array) -> TrainState:
+    """Initial state from `key` (App. C initialisation lives in the modules)."""
+    g_key, d_key = jax.random.split(key)
+    z = jnp.zeros((2, self.config.model.latent_dim), jnp.float32)
+    x = jnp.zeros((2, *self.image_shape), jnp.float32)
+    g_vars = self.generator.init({'params': g_key, 'noise': g_key}, z, train=False)
+    d_vars = self.discriminator.init({'params': d_key, 'dropout': d_key}, x, train=False)
+    g = Player(g_vars['params'], g_vars.get('batch_stats', {}),
+               self.g_tx.init(g_vars['params']))
+    d = Player(d_vars['params'], d_vars.get('batch_stats', {}),
+               self.d_tx.init(d_vars['params']))
+    hparams = {'margin': jnp.float32(self.config.loss.margin),
+               'pt_weight': jnp.float32(self.config.loss.pt_weight)}
+    return TrainState(step=jnp.int32(0), g=g, d=d, hparams=hparams)
+
+  def sample_latents(self, key: jax.Array, num: int) -> jax.Array:
+    """z ~ N(0, I), shape [num, latent_dim] (Sec. 2: p_z, e.g. N(0, 1))."""
+    return jax.random.normal(key, (num, self.config.model.latent_dim), jnp.float32)
+
+  def generate(self, g_params: Any, g_batch_stats: Any, z: jax.Array,
+               noise_key: jax.Array | None = None) -> jax.Array:
+    """G(z) in inference mode (BatchNorm running statistics), images [B, H, W, C]."""
+    rngs = {'noise': noise_key if noise_key is not None else jax.random.key(0)}
+    return self.generator.apply({'params': g_params, 'batch_stats': g_batch_stats}, z,
+                                train=False, rngs=rngs)
+
+  # -- the step -------------------------------------------------------------------------------
+  def _d_forward(self, params, batch_stats, x, key):
+    """D in train mode on one batch; returns (output, updated batch_stats)."""
+    out, updates = self.discriminator.apply(
+        {'params': params, 'batch_stats': batch_stats}, x, train=True,
+        rngs={'dropout': key}, mutable=['batch_stats'])
+    return out, updates.get('batch_stats', batch_stats)
+
+  def train_step(self, state: TrainState, batch: jax.Array, key: jax.Array,
+                 batch_sharding: jax.sharding.Sharding | None = None
+                 ) -> tuple[TrainState, Metrics]:
+    """One D update (Eq. 1) then one G update (Eq. 2 + lambda_PT * Eq. 14) on one batch.
+
+    G(z) is computed once; the D update treats it as a constant and the G update pulls the
+    gradient of its loss, taken under the *updated* D, back through G's saved VJP.
+
+    Args:
+      state: the current state.
+      batch: real images [B, H, W, C] in [-1, 1] (the global batch).
+      key: the run's train key; the step's randomness is `fold_in(key, state.step)`, so a
+        resumed run draws the same numbers.
+      batch_sharding: when given, z and G(z) are constrained to it (data parallel).
+    Returns:
+      The new state and scalar metrics.
+    """
+    cfg = self.config
+    key = jax.random.fold_in(key, state.step)
+    z_key, noise_key, drop_real, drop_fake, drop_g = jax.random.split(key, 5)
+    z = self.sample_latents(z_key, batch.shape[0])  # [B, latent]
+    if batch_sharding is not None:
+      z = jax.lax.with_sharding_constraint(z, batch_sharding)
+
+    def g_forward(g_params):
+      x_fake, updates = self.generator.apply(
+          {'params': g_params, 'batch_stats': state.g.batch_stats}, z, train=True,
+          rngs={'noise': noise_key}, mutable=['batch_stats'])
+      return x_fake, updates.get('batch_stats', state.g.batch_stats)
+
+    x_fake, g_vjp, g_batch_stats = jax.vjp(g_forward, state.g.params, has_aux=True)
+    margin = losses.margin_at(state.step, state.hparams['margin'], cfg.loss.margin_decay_steps)
+
+    # Discriminator update: G(z) is a constant here.
+    def d_objective(d_params):
+      out_real, stats = self._d_forward(d_params, state.d.batch_stats, batch, drop_real)
+      out_fake, stats = self._d_forward(d_params, stats, x_fake, drop_fake)
+      if self.is_ebgan:
+        e_real = losses.energy(batch, out_real[0])
+        e_fake = losses.energy(x_fake, out_fake[0])
+        loss = losses.d_loss(e_real, e_fake, margin)
+        aux = {'energy_real': jnp.mean(e_real), 'energy_fake': jnp.mean(e_fake)}
+      else:
+        loss = losses.gan_d_loss(out_real, out_fake)
+        aux = {'d_real': jnp.mean(jax.nn.sigmoid(out_real)),
+               'd_fake': jnp.mean(jax.nn.sigmoid(out_fake))}
+      return loss, (stats, aux)
+
+    (d_loss, (d_batch_stats, d_aux)), d_grads = jax.value_and_grad(
+        d_objective, has_aux=True)(state.d.params)
+    d_updates, d_opt_state = self.d_tx.update(d_grads, state.d.opt_state, state.d.params)
+    d_params = optax.apply_updates(state.d.params, d_updates)
+
+    # Generator update, against the updated D (its running statistics are not touched here).
+    def g_objective(x):
+      out, _ = self._d_forward(d_params, d_batch_stats, x, drop_g)
+      if self.is_ebgan:
+        pt = losses.pulling_away_term(out[1])
+        loss = losses.g_loss(losses.energy(x, out[0])) + state.hparams['pt_weight'] * pt
+        return loss, {'pt': pt}
+      return losses.gan_g_loss(out), {}
+
+    (g_loss, g_aux), dx = jax.value_and_grad(g_objective, has_aux=True)(x_fake)
+    (g_grads,) = g_vjp(dx)
+    g_updates, g_opt_state = self.g_tx.update(g_grads, state.g.opt_state, state.g.params)
+    g_params = optax.apply_updates(state.g.params, g_updates)
+
+    new_state = TrainState(
+        step=state.step + 1,
+        g=Player(g_params, g_batch_stats, g_opt_state),
+        d=Player(d_params, d_batch_stats, d_opt_state),
+        hparams=state.hparams)
+    metrics = {'d_loss': d_loss, 'g_loss': g_loss, **d_aux, **g_aux,
+               'd_grad_norm': optax.global_norm(d_grads),
+               'g_grad_norm': optax.global_norm(g_grads)}
+    if self.is_ebgan:
+      metrics['margin'] = margin
+    return new_state, metrics
+
+
+def jit_train_step(trainer: Trainer, mesh: jax.sharding.Mesh
+                   ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, Metrics]]:
+  """`trainer.train_step` compiled over `mesh`: batch split on 'data', state replicated.
+
+  The input state's buffers are donated (reused for the output state).
+  """
+  batch = sharding.batch_sharding(mesh)
+  repl = sharding.replicated(mesh)
+
+  def step(state, images, key):
+    return trainer.train_step(state, images, key, batch_sharding=batch)
+
+  return jax.jit(step, in_shardings=(repl, batch, repl), out_shardings=(repl, repl),
+                 donate_argnums=0)

@@ -1,0 +1,176 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+A long run must not lose work:
+- checkpoints every `checkpoint_every_steps` and at the end; a restart resumes from the newest
+  checkpoint that restores, with the same data order and RNG stream (both are functions of the
+  seed and the step);
+- SIGTERM / SIGINT (a preempted VM) finish the current step, save, and return;
+- a non-finite loss stops the run naming the step; no state after it is ever saved;
+- a workdir holding a run with another config is refused (`workdir.record_config`).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import signal
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from ebgan_jax import checkpoint, input_pipeline, metric_writer, sample, sharding, step
+from ebgan_jax import workdir as workdir_lib
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A loss became NaN or Inf."""
+
+
+class _StopSignal:
+  """Records SIGTERM/SIGINT so the loop can save and return at a step boundary."""
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not the main thread: leave signals alone.
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.received is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # A second Ctrl-C stops at once.
+    self.received = signal.Signals(signum).name
+    logging.warning('Received %s: saving a checkpoint at the end of this step.', self.received)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def should_stop(self, step_number: int, every: int = 10) -> bool:
+    """Whether to save and stop after `step_number`; all processes get the same answer.
+
+    One process checks its own flag at every step; several processes agree through an
+    all-gather every `every` steps (a checkpoint save is collective, so they must stop
+    together).
+    """
+    if jax.process_count() == 1:
+      return self.received is not None
+    if step_number % every:
+      return False
+    flags = multihost_utils.process_allgather(np.array(self.received is not None))
+    return bool(np.any(flags))
+
+
+def total_steps(config: ml_collections.ConfigDict) -> int:
+  """`config.total_steps` if set, else `num_epochs` passes over the train split."""
+  if config.total_steps > 0:
+    return config.total_steps
+  return config.num_epochs * input_pipeline.steps_per_epoch(config)
+
+
+class _MetricsBuffer:
+  """Keeps each step's metrics on device until a log point, then checks and averages them."""
+
+  def __init__(self):
+    self._pending: list[tuple[int, Any]] = []
+
+  def add(self, step_number: int, metrics: Any) -> None:
+    self._pending.append((step_number, metrics))
+
+  def flush(self) -> dict[str, float] | None:
+    """Mean of the pending metrics; raises NonFiniteLossError naming the first bad step."""
+    if not self._pending:
+      return None
+    steps, values = zip(*self._pending)
+    values = jax.device_get(values)
+    self._pending = []
+    for step_number, metrics in zip(steps, values):
+      bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
+      if bad:
+        raise NonFiniteLossError(
+            f'Non-finite values at step {step_number}: {bad}. Training stopped; no checkpoint '
+            'after that step was written. Lower the learning rate or the margin (App. E), or '
+            'resume from the last good checkpoint with a different seed.')
+    return {k: float(np.mean([m[k] for m in values])) for k in values[0]}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step.TrainState:
+  """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the state."""
+  workdir = pathlib.Path(workdir)
+  workdir_lib.record_config(workdir, config, write=jax.process_index() == 0)
+  num_steps = total_steps(config)
+  mesh = sharding.make_mesh()
+  trainer = step.Trainer(config, num_steps)
+
+  init_key, train_key, sample_key = jax.random.split(jax.random.key(config.seed), 3)
+  state = jax.jit(trainer.create_state, out_shardings=sharding.replicated(mesh))(init_key)
+  ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', config.keep_checkpoints)
+  state, restored = ckpt.restore_latest(state)
+  start = 0 if restored is None else int(state.step)
+  if restored is not None:
+    logging.info('Resumed from the checkpoint of step %d.', start)
+
+  train_step = step.jit_train_step(trainer, mesh)
+  batches = input_pipeline.train_batches(config, start_step=start)
+  sample_z = trainer.sample_latents(sample_key, config.num_sample_images)
+  generate = jax.jit(trainer.generate)
+  writer = metric_writer.MetricWriter(workdir / 'logs')
+  buffer = _MetricsBuffer()
+
+  def write_samples(step_number: int) -> None:
+    images = sample.to_uint8(generate(state.g.params, state.g.batch_stats, sample_z))
+    if jax.process_index() == 0:
+      grid = sample.image_grid(images)
+      metric_writer.write_png(workdir / 'samples' / f'step_{step_number:07d}.png', grid)
+      writer.write_image(step_number, 'samples', grid)
+
+  def save(step_number: int) -> None:
+    buffer_mean = buffer.flush()  # Never save a state whose losses were not finite.
+    if buffer_mean is not None:
+      writer.write_scalars(step_number, {f'train/{k}': v for k, v in buffer_mean.items()})
+    ckpt.save(step_number, state)
+
+  logging.info('Training %d steps (from step %d), global batch %d on %d device(s), '
+               '%d process(es).', num_steps, start, config.batch_size, jax.device_count(),
+               jax.process_count())
+  t_start, s_start = time.time(), start
+  try:
+    with _StopSignal() as stop:
+      for s in range(start, num_steps):
+        images = sharding.global_batch(next(batches), mesh)
+        state, metrics = train_step(state, images, train_key)
+        done = s + 1
+        buffer.add(done, metrics)
+        if done % config.log_every_steps == 0 or done == num_steps:
+          means = buffer.flush()
+          writer.write_scalars(done, {f'train/{k}': v for k, v in means.items()})
+          rate = (done - s_start) / max(time.time() - t_start, 1e-9)
+          eta = (num_steps - done) / max(rate, 1e-9)
+          logging.info('step %d/%d  %.1f steps/s  ETA %s  %s', done, num_steps, rate,
+                       time.strftime('%H:%M:%S', time.gmtime(eta)),
+                       '  '.join(f'{k}={v:.4g}' for k, v in sorted(means.items())))
+        if stop.should_stop(done):
+          save(done)
+          logging.warning('Stopped by %s at step %d; checkpoint saved. Run the same command '
+                          'to resume.', stop.received or 'a signal to another process', done)
+          return state
+        if done % config.checkpoint_every_steps == 0 or done == num_steps:
+          save(done)
+        if done % config.sample_every_steps == 0 or done == num_steps:
+          write_samples(done)
+  finally:
+    writer.close()
+    ckpt.close()
+  logging.info('Done: %d steps. Samples: %s  Logs (TensorBoard): %s  Checkpoints: %s',
+               num_steps, workdir / 'samples', workdir / 'logs', workdir / 'checkpoints')
+  return state

@@ -1,0 +1,73 @@
+"""The run's workdir: its config record, and refusing to mix two different runs in one.
+
+Layout: `config.json` (the config the run started with), `checkpoints/`, `logs/`
+(TensorBoard + metrics.jsonl), `samples/` (PNG grids).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any
+
+import ml_collections
+
+CONFIG_FILE = 'config.json'
+# Fields that may change when a run is resumed: they set how long and how verbosely it runs,
+# or where prepared data is cached, not what is trained.
+RESUMABLE_FIELDS = frozenset({
+    'num_epochs', 'total_steps', 'log_every_steps', 'checkpoint_every_steps',
+    'sample_every_steps', 'keep_checkpoints', 'num_sample_images', 'tfds_data_dir',
+})
+
+
+class ConfigMismatchError(ValueError):
+  """The workdir holds a run whose config differs from the one given."""
+
+
+def _flatten(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  flat = {}
+  for key, value in d.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The config a run in `workdir` was started with."""
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise FileNotFoundError(f'{path} not found: {workdir} does not hold an ebgan_jax run. '
+                            'Train one first with python -m ebgan_jax.main --workdir=...')
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def record_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
+                  write: bool = True) -> None:
+  """Writes config.json for a new run, or checks that `config` matches the recorded one.
+
+  Raises:
+    ConfigMismatchError: naming the differing fields, when the workdir holds another run.
+  """
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  new = json.loads(config.to_json())
+  if path.exists():
+    old = _flatten(json.loads(path.read_text()))
+    flat_new = _flatten(new)
+    differing = sorted(k for k in set(old) | set(flat_new)
+                       if k.split('.')[-1] not in RESUMABLE_FIELDS
+                       and old.get(k, '<missing>') != flat_new.get(k, '<missing>'))
+    if differing:
+      details = ', '.join(f'{k}: {old.get(k, "<missing>")!r} -> {flat_new.get(k, "<missing>")!r}'
+                          for k in differing[:8])
+      raise ConfigMismatchError(
+          f'{workdir} holds a run with a different config ({details}). Resuming would mix two '
+          'runs: pass a new --workdir, or the same config to resume this run.')
+  if write:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix('.tmp')
+    tmp.write_text(json.dumps(new, indent=2, sort_keys=True))
+    tmp.replace(path)
