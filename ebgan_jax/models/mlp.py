@@ -63,9 +63,13 @@ class MLPAutoEncoder(nn.Module):
   Sec. 4.1 (ii): nLayerD is the total number of layers of Enc and Dec, and Dec is fixed to
   one layer, so the encoder has `n_layers - 1` Dense(width) layers. Encoder: the input layer
   is Dense -> ReLU (no BN, App. C), the others Dense -> BN -> ReLU, each followed by dropout
-  when enabled. Decoder: Dense(H*W*C) -> BN (App. C's rule puts BN after every D layer but the
-  input one; the reconstruction has no non-linearity, so BN's affine shift and scale reach
-  the [-1, 1] targets).
+  when enabled. Decoder: one linear Dense(H*W*C) layer without BN. App. C puts BN "after each
+  weight layer, except for the generator output layer and the discriminator input layer",
+  citing Radford et al. (2015), whose discriminators have no BN on their output layer either;
+  we read the decoder's output layer as D's output layer. A BN there would also let a collapsed
+  generator win: with every fake alike, the fake batch's per-pixel variance vanishes, BN
+  outputs its shift beta for every fake, and a generator that draws beta (the mean digit) gets
+  near-zero energy.
 
   Returns the reconstruction and the encoder code S used by the pulling-away term (Eq. 14).
   """
@@ -92,7 +96,6 @@ class MLPAutoEncoder(nn.Module):
       if self.dropout:
         h = nn.Dropout(DROPOUT_RATE, deterministic=not train)(h)
     h = nn.Dense(math.prod(self.image_shape), kernel_init=D_KERNEL_INIT, name='dec_dense')(h)
-    h = batch_norm(train, name='dec_bn')(h)
     return h.reshape(x.shape), code
 
 

@@ -1,0 +1,135 @@
+"""Training-step throughput, compile time, XLA FLOPs and memory, beside the matmul peak.
+
+  python -m experiments.benchmark [--configs=gan,ebgan,ebgan_pt] [--batch_sizes=64,256]
+
+For each Figure 4 config (App. C) and batch size: images/s of the jitted train step (one D
+and one G update), its compile time, its FLOPs per iteration from XLA's cost analysis of the
+compiled step, the achieved FLOP/s as a percentage of the machine's fp32 matmul rate measured
+in the same run, and the peak memory. Synthetic batches: this measures the step, not tf.data.
+Prints a Markdown table for BENCHMARKS.md and, with --json, writes the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from configs import mnist_fc
+from ebgan_jax import sharding, step
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list('configs', ['gan', 'ebgan', 'ebgan_pt'], 'configs/mnist_fc.py variants.')
+flags.DEFINE_list('batch_sizes', ['64', '256'], 'Global batch sizes.')
+flags.DEFINE_float('seconds', 10.0, 'Timed seconds per measurement (after warm-up).')
+flags.DEFINE_integer('matmul_size', 0, 'Side of the square fp32 matmul for the peak '
+                     '(0: 2048 on CPU, 8192 on accelerators).')
+flags.DEFINE_string('json', '', 'Write the results to this JSON file.')
+
+
+def matmul_gflops(n: int, seconds: float = 3.0) -> float:
+  """Measured fp32 GFLOP/s of an n x n x n matmul (2 n^3 FLOPs), best of repeated runs."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  f = jax.jit(lambda x, y: jnp.dot(x, y, precision=jax.lax.Precision.HIGHEST))
+  f(a, b).block_until_ready()
+  best, deadline = 0.0, time.perf_counter() + seconds
+  while time.perf_counter() < deadline:
+    t = time.perf_counter()
+    f(a, b).block_until_ready()
+    best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+  return best
+
+
+def peak_memory_mib() -> float:
+  """Peak device memory on an accelerator, else the process's peak resident memory."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats and jax.default_backend() != 'cpu':
+    return stats['peak_bytes_in_use'] / 2**20
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_step(variant: str, batch_size: int, seconds: float) -> dict:
+  """Compiles and times the train step of one config at one global batch size."""
+  config = mnist_fc.get_config(variant)
+  config.batch_size = batch_size
+  mesh = sharding.make_mesh()
+  trainer = step.Trainer(config, total_steps=10**6)
+  state = jax.jit(trainer.create_state, out_shardings=sharding.replicated(mesh))(
+      jax.random.key(0))
+  images = jax.device_put(
+      np.random.default_rng(0).uniform(-1, 1, (batch_size, config.image_size,
+                                                config.image_size, 1)).astype(np.float32),
+      sharding.batch_sharding(mesh))
+  key = jax.random.key(1)
+  t = time.perf_counter()
+  compiled = step.jit_train_step(trainer, mesh).lower(state, images, key).compile()
+  compile_s = time.perf_counter() - t
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get('flops', 0.0))
+  for _ in range(3):  # Warm-up.
+    state, metrics = compiled(state, images, key)
+  jax.block_until_ready(metrics)
+  steps, t = 0, time.perf_counter()
+  while True:
+    state, metrics = compiled(state, images, key)
+    steps += 1
+    if steps % 5 == 0:
+      jax.block_until_ready(metrics)
+      elapsed = time.perf_counter() - t
+      if elapsed >= seconds:
+        break
+  return {'config': variant, 'batch_size': batch_size, 'compile_s': compile_s,
+          'flops_per_step': flops, 'steps_per_s': steps / elapsed,
+          'images_per_s': steps * batch_size / elapsed,
+          'gflops_per_s': flops * steps / elapsed / 1e9}
+
+
+def machine_description() -> str:
+  device = jax.devices()[0]
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open('/proc/cpuinfo') as f:
+      cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+  except (OSError, StopIteration):
+    pass
+  import os  # pylint: disable=g-import-not-at-top
+  return (f'{device.device_kind} ({jax.default_backend()}), {jax.device_count()} device(s); '
+          f'host {cpu}, {os.cpu_count()} cores; jax {jax.__version__}')
+
+
+def main(argv):
+  del argv
+  n = FLAGS.matmul_size or (2048 if jax.default_backend() == 'cpu' else 8192)
+  peak = matmul_gflops(n)
+  machine = machine_description()
+  print(f'Machine: {machine}\nfp32 matmul {n}x{n}x{n}: {peak:.1f} GFLOP/s\n')
+  rows = []
+  print('| config | batch | images/s | compile s | GFLOP/step | GFLOP/s | % of matmul peak |')
+  print('|---|---:|---:|---:|---:|---:|---:|')
+  for variant in FLAGS.configs:
+    for batch_size in map(int, FLAGS.batch_sizes):
+      r = bench_step(variant, batch_size, FLAGS.seconds)
+      r['percent_of_peak'] = 100 * r['gflops_per_s'] / peak
+      rows.append(r)
+      print(f"| {variant} | {batch_size} | {r['images_per_s']:.0f} | {r['compile_s']:.2f} | "
+            f"{r['flops_per_step'] / 1e9:.3f} | {r['gflops_per_s']:.1f} | "
+            f"{r['percent_of_peak']:.0f}% |", flush=True)
+  memory = peak_memory_mib()
+  print(f'\nPeak memory: {memory:.0f} MiB')
+  if FLAGS.json:
+    with open(FLAGS.json, 'w') as f:
+      json.dump({'machine': machine, 'matmul_gflops': peak, 'matmul_size': n,
+                 'peak_memory_mib': memory, 'results': rows, 'argv': sys.argv}, f, indent=2)
+
+
+if __name__ == '__main__':
+  app.run(main)
