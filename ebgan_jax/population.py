@@ -1,0 +1,125 @@
+"""Population training: many runs of one architecture in one jitted, vmapped program.
+
+Runs whose parameter shapes match (same models and optimizer kinds) but whose seed, learning
+rates, margin or lambda_PT differ are stacked along a leading member axis and trained by
+`jax.vmap(train_step)`: each member keeps its own params, optimizer state, RNG stream and
+hyper-parameters, and all members share the input batches. One small fully-connected run
+cannot fill an accelerator; a population of them can. Each member's arithmetic is the one it
+would do alone (tests check a member against its single run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from ebgan_jax import sharding, step
+
+# Config fields a population may vary across its members (all others must agree).
+MEMBER_FIELDS = ('seed', 'optim.lr_d', 'optim.lr_g', 'loss.margin', 'loss.pt_weight')
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str):
+  for part in dotted.split('.'):
+    config = config[part]
+  return config
+
+
+def shared_signature(config: ml_collections.ConfigDict) -> str:
+  """The config with the member fields blanked: runs with equal signatures can share a program."""
+  blanked = ml_collections.ConfigDict(config.to_dict())
+  for dotted in MEMBER_FIELDS:
+    *parents, leaf = dotted.split('.')
+    node = blanked
+    for p in parents:
+      node = node[p]
+    node[leaf] = None
+  return blanked.to_json(sort_keys=True)
+
+
+def group_configs(configs: Sequence[ml_collections.ConfigDict], max_size: int = 0
+                  ) -> list[list[int]]:
+  """Indices of `configs` grouped into populations of equal signature (at most `max_size`)."""
+  groups: dict[str, list[int]] = {}
+  for i, config in enumerate(configs):
+    groups.setdefault(shared_signature(config), []).append(i)
+  out = []
+  for members in groups.values():
+    size = max_size or len(members)
+    out.extend(members[i:i + size] for i in range(0, len(members), size))
+  return out
+
+
+@dataclasses.dataclass
+class Population:
+  """A stacked state of `size` members and the jitted functions that advance it."""
+  trainer: step.Trainer
+  configs: list[ml_collections.ConfigDict]
+  train_keys: jax.Array      # [P] typed keys: each member's train stream.
+  sample_keys: jax.Array     # [P]
+  state: step.TrainState     # Every leaf has a leading [P] axis.
+  train_step: Callable       # (state, batch) -> (state, metrics [P])
+
+  @property
+  def size(self) -> int:
+    return len(self.configs)
+
+
+def _member_keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array, jax.Array]:
+  # The same split as train.train_and_evaluate, so a member replays its single run.
+  init_key, train_key, sample_key = jax.random.split(jax.random.key(config.seed), 3)
+  return init_key, train_key, sample_key
+
+
+def create_population(configs: Sequence[ml_collections.ConfigDict], total_steps: int,
+                      mesh: jax.sharding.Mesh | None = None) -> Population:
+  """Stacks the initial states of `configs` (all of one signature) into one population."""
+  configs = list(configs)
+  signatures = {shared_signature(c) for c in configs}
+  if len(signatures) != 1:
+    raise ValueError('A population needs configs that differ only in '
+                     f'{MEMBER_FIELDS}; group them with group_configs() first.')
+  mesh = mesh or sharding.make_mesh()
+  trainer = step.Trainer(configs[0], total_steps)
+  keys = [_member_keys(c) for c in configs]
+  init_keys, train_keys, sample_keys = (jnp.stack(k) for k in zip(*keys))
+  lr_d = jnp.array([c.optim.lr_d for c in configs], jnp.float32)
+  lr_g = jnp.array([c.optim.lr_g for c in configs], jnp.float32)
+  margin = jnp.array([c.loss.margin for c in configs], jnp.float32)
+  pt_weight = jnp.array([c.loss.pt_weight for c in configs], jnp.float32)
+
+  def init_member(init_key, lr_d, lr_g, margin, pt_weight):
+    state = trainer.create_state(init_key)
+    return state.replace(
+        g=state.g.replace(opt_state=optax.tree_utils.tree_set(state.g.opt_state,
+                                                              learning_rate=lr_g)),
+        d=state.d.replace(opt_state=optax.tree_utils.tree_set(state.d.opt_state,
+                                                              learning_rate=lr_d)),
+        hparams={'margin': margin, 'pt_weight': pt_weight})
+
+  repl = sharding.replicated(mesh)
+  state = jax.jit(jax.vmap(init_member), out_shardings=repl)(
+      init_keys, lr_d, lr_g, margin, pt_weight)
+  batch = sharding.batch_sharding(mesh)
+
+  def member_step(state, images, key):
+    return trainer.train_step(state, images, key)
+
+  vstep = jax.vmap(member_step, in_axes=(0, None, 0))
+
+  def population_step(state, images):
+    return vstep(state, images, train_keys)
+
+  jitted = jax.jit(population_step, in_shardings=(repl, batch), out_shardings=(repl, repl),
+                   donate_argnums=0)
+  return Population(trainer, configs, train_keys, sample_keys, state, jitted)
+
+
+def member_state(population: Population, index: int) -> step.TrainState:
+  """Member `index`'s state, unstacked (e.g. to save or evaluate it alone)."""
+  return jax.tree.map(lambda leaf: leaf[index], population.state)
