@@ -79,8 +79,10 @@ def test_config_variants_are_distinct(name):
   assert len(set(as_json)) == len(as_json), f'{name}: two variants give the same config'
 
 
-@pytest.mark.parametrize('name', _modules_with('sweep') or [pytest.param(None, marks=pytest.mark.skip(
-    reason='no config defines sweep(add)'))])
+_NO_SWEEP = pytest.param(None, marks=pytest.mark.skip(reason='no config defines sweep(add)'))
+
+
+@pytest.mark.parametrize('name', _modules_with('sweep') or [_NO_SWEEP])
 def test_sweep_yields_distinct_settings(name):
   module = importlib.import_module(f'configs.{name}')
   settings = []
