@@ -14,6 +14,8 @@ Examples:
 
 from configs import common
 
+VARIANTS = ('gan', 'ebgan', 'ebgan_pt')  # Every `get_config(arg)` a test should build.
+
 
 def get_config(arg: str | None = None):
   arg = common.parse_arg(arg, variant='ebgan_pt')

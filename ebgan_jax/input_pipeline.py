@@ -71,8 +71,23 @@ def _preprocessor(config: ml_collections.ConfigDict) -> Callable[[dict], tf.Tens
   return PREPROCESSORS[name](config)
 
 
+def _split_size(builder: tfds.core.DatasetBuilder, split: str) -> int:
+  """Examples in `split`: from the prepared metadata, else from the dataset's cardinality.
+
+  Under `tfds.testing.mock_data` `download_and_prepare` is a no-op, so `info.splits` is empty;
+  the mocked dataset still declares its cardinality (`num_examples`).
+  """
+  if split in builder.info.splits:
+    return builder.info.splits[split].num_examples
+  cardinality = int(builder.as_dataset(split=split).cardinality())
+  if cardinality < 0:
+    raise ValueError(f'{builder.name} has no metadata for split {split!r} and its size is '
+                     'unknown; prepare the dataset first.')
+  return cardinality
+
+
 def num_examples(config: ml_collections.ConfigDict, split: str = 'train') -> int:
-  return get_builder(config).info.splits[split].num_examples
+  return _split_size(get_builder(config), split)
 
 
 def steps_per_epoch(config: ml_collections.ConfigDict, process_count: int | None = None) -> int:
@@ -122,7 +137,7 @@ def train_batches(config: ml_collections.ConfigDict, *, start_step: int = 0,
   ds = ds.map(_preprocessor(config), num_parallel_calls=tf.data.AUTOTUNE)
   if config.get('cache', True):
     ds = ds.cache()
-  buffer = config.get('shuffle_buffer', 0) or builder.info.splits['train'].num_examples
+  buffer = config.get('shuffle_buffer', 0) or _split_size(builder, 'train')
 
   epoch, skip = divmod(start_step, per_epoch)
   while True:

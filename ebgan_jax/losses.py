@@ -97,8 +97,11 @@ def pulling_away_term(codes: jax.Array) -> jax.Array:
   if n < 2:
     raise ValueError(f'pulling_away_term needs a batch of at least 2 codes, got {n}.')
   s = codes.reshape(n, -1).astype(jnp.float32)
-  norm = jnp.sqrt(jnp.sum(s * s, axis=-1, keepdims=True))
-  unit = s / jnp.maximum(norm, _EPS)
+  sq = jnp.sum(s * s, axis=-1, keepdims=True)  # [N, 1]
+  # A zero code (all ReLUs off) has no direction: its unit vector is 0. The double `where`
+  # keeps the gradient finite there (sqrt's derivative at 0 would give 0 * inf = NaN).
+  has_dir = sq > _EPS**2
+  unit = jnp.where(has_dir, s / jnp.sqrt(jnp.where(has_dir, sq, 1.0)), 0.0)
   cosine = unit @ unit.T  # [N, N]
   off_diagonal = jnp.sum(cosine**2) - jnp.sum(jnp.diagonal(cosine)**2)
   return off_diagonal / (n * (n - 1))
