@@ -188,3 +188,9 @@ class LadderNetwork(nn.Module):
     x_rec = z_hat.reshape(x.shape)  # z^(0), compared with x directly (no BN at layer 0)
 
     return {'logits_clean': logits_clean, 'logits_corrupted': logits_corrupted, 'x_rec': x_rec}
+
+
+def from_config(config) -> LadderNetwork:
+  """The Ladder Network of `config.model.ladder_widths` and `config.model.noise_std`."""
+  return LadderNetwork(widths=tuple(config.model.ladder_widths),
+                       noise_std=config.model.noise_std)
