@@ -47,13 +47,16 @@ Choices where the papers leave room, with their sources:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from ebgan_jax.models import mlp
+
+if TYPE_CHECKING:
+  import ml_collections
 
 # Rasmus et al.'s code: W ~ randn(fan_in, fan_out) / sqrt(fan_in), for encoder and decoder.
 KERNEL_INIT = nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')
@@ -190,7 +193,7 @@ class LadderNetwork(nn.Module):
     return {'logits_clean': logits_clean, 'logits_corrupted': logits_corrupted, 'x_rec': x_rec}
 
 
-def from_config(config) -> LadderNetwork:
+def from_config(config: ml_collections.ConfigDict) -> LadderNetwork:
   """The Ladder Network of `config.model.ladder_widths` and `config.model.noise_std`."""
   return LadderNetwork(widths=tuple(config.model.ladder_widths),
                        noise_std=config.model.noise_std)
