@@ -59,9 +59,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.ssl.fake_through_corrupted = True
 
   model = config.model
-  # App. D: 784-1000-500-250-250-250, then the 10-way softmax layer (Rasmus et al., Sec. 4.1).
+  # App. D: 784-1000-500-250-250-250, then the 10-way softmax layer (Rasmus et al., Sec. 4).
   model.ladder_widths = (1000, 500, 250, 250, 250, 10)
-  model.noise_std = 0.3  # Rasmus et al., Sec. 4.1: Gaussian corruption noise std 0.3.
+  model.noise_std = 0.3  # Rasmus et al. (2015), Sec. 4: Gaussian corruption noise std 0.3.
   # G (EBGAN-LN only). The paper does not describe EBGAN-LN's generator; we take the
   # fully-connected kind of Sec. 4.1 with the best EBGAN grid setting of Fig. 4(b) (App. C):
   # nLayerG = 5, sizeG = 800, latent 100. Its output is 28x28 (image_size above).

@@ -1,8 +1,9 @@
 """Labelled subsets for semi-supervised permutation-invariant MNIST (Sec. 4.2, App. D).
 
-Table 2 trains with 100, 200 and 1000 labels and averages over 15 random seeds; like Rasmus et
-al. (2015, Sec. 4.1), the labelled examples are balanced across the classes (10, 20 or 100 per
-digit), and every training image, labelled or not, is also used as an unlabelled one.
+Table 2 trains with 100, 200 and 1000 labels and averages over 15 random seeds. The paper does
+not say how the labelled examples are drawn; we balance them across the classes (10, 20 or 100
+per digit) as Rasmus et al.'s code does (run.py, `balanced_classes=True`), which also uses every
+training image, labelled or not, as an unlabelled one.
 Pure numpy.
 """
 

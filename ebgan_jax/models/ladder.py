@@ -3,8 +3,8 @@
 App. D takes the permutation-invariant MNIST Ladder Network of Rasmus et al. (2015, "Semi-
 supervised learning with ladder networks", Algorithm 1) and Pezeshki et al. (2015): a fully
 connected encoder 784-1000-500-250-250-250-10 with batch normalization and ReLU after each
-linear layer (softmax at the top), and only the bottom layer's reconstruction cost (Rasmus et
-al.'s "only bottom lambda_0" row of their Table 1, which the paper's Table 2 reproduces).
+linear layer (softmax at the top), and only the bottom layer's reconstruction cost (the
+bottom-only lambda_0 row of Rasmus et al.'s MNIST table, which the paper's Table 2 reproduces).
 App. D, "Other details": batch normalization without the learned scale gamma, with the bias
 beta only (after Salimans et al., 2016) -- also at the softmax layer.
 
@@ -14,7 +14,7 @@ The network has three paths that share every weight:
   BN uses and updates running statistics like any `nn.BatchNorm` (`mlp.batch_norm`);
 - corrupted encoder: x~ = x + noise, z~(l) = NB(W(l) h~(l-1)) + noise, h~(l) = ReLU(z~(l) +
   beta(l)), where NB normalizes with the batch statistics of the corrupted pre-activations
-  themselves and the noise is N(0, noise_std^2) (Rasmus et al., Algorithm 1 and Sec. 4.1);
+  themselves and the noise is N(0, noise_std^2) (Rasmus et al., Algorithm 1 and Sec. 4);
 - decoder: u(L) = NB(h~(L)) (the corrupted softmax output), u(l) = NB(V(l+1) z^(l+1)) below,
   z^(l) = g(z~(l), u(l)) per unit with Rasmus et al.'s denoising function (`Combinator`), down
   to z^(0) = x_rec. The bottom-layer-cost model keeps this whole top-down path: every z^(l)
@@ -26,15 +26,17 @@ Choices where the papers leave room, with their sources:
   itself, as in Rasmus et al.'s code, which normalizes z^(l) with the clean path's batch
   mean/std only where the clean path has them (l >= 1). EBGAN-LN's energy is then App. D's
   "vanilla form of l2 loss" per sample, `losses.squared_l2_energy(x, outputs['x_rec'])`.
-  Rasmus et al.'s Eq. (3) divides layer l's squared error by its width m_l, so their
-  lambda_0 = 1000 equals App. D's lambda_L2 = 1000/784 on the per-sample sum used here.
+  Rasmus et al. divide layer l's squared error by its width m_l (their cost, and `ladder.py` of
+  their code), so their lambda_0 = 1000 equals App. D's lambda_L2 = 1000/784 on the per-sample
+  sum used here.
 - The decoder normalizes u(l) with u's own batch statistics, without learned parameters and
   without running averages, in training and evaluation alike (Algorithm 1; the combinator's
   a1..a10 provide the affine part). Evaluation-mode reconstructions therefore depend on the
   batch, like the training ones.
 - In evaluation (`train=False`) there is no corruption: the "corrupted" path is the clean one
   (running statistics, no noise), so `logits_corrupted == logits_clean` and the decoder denoises
-  the clean z(l). The classifier at test time is the clean path (Rasmus et al., Sec. 3).
+  the clean z(l). The classifier at test time is the clean path (Rasmus et al., Algorithm 1's
+  clean encoder gives the prediction y; their code reports the clean path's error rate).
 - Weights are drawn from N(0, 1/fan_in) without biases (beta plays the bias), and a2 = a7 = 1,
   the other a's 0, as in Rasmus et al.'s released code; App. C's N(0, 0.002) init belongs to
   the EBGAN auto-encoders, not to this borrowed architecture.
@@ -60,9 +62,10 @@ if TYPE_CHECKING:
 
 # Rasmus et al.'s code: W ~ randn(fan_in, fan_out) / sqrt(fan_in), for encoder and decoder.
 KERNEL_INIT = nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')
-# Rasmus et al., Sec. 4.1: "the standard deviation of the Gaussian corruption noise 0.3".
+# Rasmus et al. (2015), Sec. 4: Gaussian corruption noise of std 0.3 on MNIST (also the
+# default input and per-layer noise of their code).
 NOISE_STD = 0.3
-# App. D / Rasmus et al., Sec. 4.1: 784-1000-500-250-250-250 plus the 10-way softmax layer.
+# App. D / Rasmus et al., Sec. 4: 784-1000-500-250-250-250 plus the 10-way softmax layer.
 MNIST_WIDTHS = (1000, 500, 250, 250, 250, 10)
 
 
