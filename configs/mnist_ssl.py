@@ -37,6 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config = common.base_config()
   config.variant = arg.variant
+  config.experiment = 'semi_supervised'  # Trained by experiments/semi_supervised.py.
   config.dataset = 'mnist'
   config.image_size = 28  # App. D: the 28x28 (unpadded) MNIST in the EBGAN-LN experiment.
   # Rasmus et al.'s code asserts MNIST pixels in [0, 1]; noise_std and lambda_L2 below are
