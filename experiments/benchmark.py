@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags
 
 from configs import mnist_fc
-from ebgan_jax import sharding, step
+from ebgan_jax import population, sharding, step
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('configs', ['gan', 'ebgan', 'ebgan_pt'], 'configs/mnist_fc.py variants.')
@@ -31,6 +31,8 @@ flags.DEFINE_list('batch_sizes', ['64', '256'], 'Global batch sizes.')
 flags.DEFINE_float('seconds', 10.0, 'Timed seconds per measurement (after warm-up).')
 flags.DEFINE_integer('matmul_size', 0, 'Side of the square fp32 matmul for the peak '
                      '(0: 2048 on CPU, 8192 on accelerators).')
+flags.DEFINE_list('population_sizes', [], 'Also time populations of these sizes (config '
+                  'ebgan_pt, batch 64, members differing in seed), e.g. 1,4,16.')
 flags.DEFINE_string('json', '', 'Write the results to this JSON file.')
 
 
@@ -93,6 +95,43 @@ def bench_step(variant: str, batch_size: int, seconds: float) -> dict:
           'gflops_per_s': flops * steps / elapsed / 1e9}
 
 
+def bench_population(size: int, batch_size: int, seconds: float,
+                     variant: str = 'ebgan_pt') -> dict:
+  """Times one vmapped step of `size` members sharing each batch (ebgan_jax.population)."""
+  configs = []
+  for seed in range(size):
+    config = mnist_fc.get_config(variant)
+    config.batch_size, config.seed = batch_size, seed
+    configs.append(config)
+  pop = population.create_population(configs, total_steps=10**6)
+  images = jax.device_put(
+      np.random.default_rng(0).uniform(-1, 1, (batch_size, 32, 32, 1)).astype(np.float32),
+      sharding.batch_sharding(sharding.make_mesh()))
+  state = pop.state
+  t = time.perf_counter()
+  compiled = pop.train_step.lower(state, images).compile()
+  compile_s = time.perf_counter() - t
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  for _ in range(3):
+    state, metrics = compiled(state, images)
+  jax.block_until_ready(metrics)
+  steps, t = 0, time.perf_counter()
+  while True:
+    state, metrics = compiled(state, images)
+    steps += 1
+    if steps % 5 == 0:
+      jax.block_until_ready(metrics)
+      elapsed = time.perf_counter() - t
+      if elapsed >= seconds:
+        break
+  return {'population': size, 'config': variant, 'batch_size': batch_size,
+          'compile_s': compile_s, 'flops_per_step': float(cost.get('flops', 0.0)),
+          'steps_per_s': steps / elapsed,
+          'member_images_per_s': steps * batch_size * size / elapsed,
+          'gflops_per_s': float(cost.get('flops', 0.0)) * steps / elapsed / 1e9}
+
+
 def machine_description() -> str:
   device = jax.devices()[0]
   cpu = platform.processor() or platform.machine()
@@ -123,12 +162,26 @@ def main(argv):
       print(f"| {variant} | {batch_size} | {r['images_per_s']:.0f} | {r['compile_s']:.2f} | "
             f"{r['flops_per_step'] / 1e9:.3f} | {r['gflops_per_s']:.1f} | "
             f"{r['percent_of_peak']:.0f}% |", flush=True)
+  pop_rows = []
+  if FLAGS.population_sizes:
+    print('\n| population | batch | member-images/s | steps/s | speed-up vs 1 run | '
+          'compile s | % of matmul peak |')
+    print('|---:|---:|---:|---:|---:|---:|---:|')
+  for size in map(int, FLAGS.population_sizes):
+    r = bench_population(size, 64, FLAGS.seconds)
+    r['percent_of_peak'] = 100 * r['gflops_per_s'] / peak
+    pop_rows.append(r)
+    base = pop_rows[0]['member_images_per_s'] / pop_rows[0]['population']
+    print(f"| {size} | 64 | {r['member_images_per_s']:.0f} | {r['steps_per_s']:.1f} | "
+          f"{r['member_images_per_s'] / base:.1f}x | {r['compile_s']:.1f} | "
+          f"{r['percent_of_peak']:.0f}% |", flush=True)
   memory = peak_memory_mib()
   print(f'\nPeak memory: {memory:.0f} MiB')
   if FLAGS.json:
     with open(FLAGS.json, 'w') as f:
       json.dump({'machine': machine, 'matmul_gflops': peak, 'matmul_size': n,
-                 'peak_memory_mib': memory, 'results': rows, 'argv': sys.argv}, f, indent=2)
+                 'peak_memory_mib': memory, 'results': rows,
+                 'populations': pop_rows, 'argv': sys.argv}, f, indent=2)
 
 
 if __name__ == '__main__':
