@@ -107,6 +107,7 @@ def reference(tmp_path_factory, tfds_data_dir):
   return workdir
 
 
+@pytest.mark.slow
 def test_resume_in_a_new_process_matches_uninterrupted_run(reference, tmp_path, tfds_data_dir):
   workdir = tmp_path / 'split'
   train.train_and_evaluate(make_config(tfds_data_dir, total_steps=4), str(workdir))
@@ -125,6 +126,7 @@ def test_resume_in_a_new_process_matches_uninterrupted_run(reference, tmp_path, 
                          resumed.g.params['output']['kernel'])
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_zero_and_rerun_resumes(tmp_path, tfds_data_dir):
   workdir = tmp_path / 'preempted'
   cmd = main_command(workdir, tfds_data_dir, total_steps=200, log_every_steps=1,
@@ -213,6 +215,7 @@ def test_other_config_is_refused_and_checkpoints_untouched(reference, tmp_path,
   assert (workdir / 'config.json').read_text() == config_before
 
 
+@pytest.mark.slow
 def test_sample_cli_writes_uint8_images_and_explains_missing_runs(reference, tmp_path):
   out = tmp_path / 'out' / 'images.npz'
   sample_cmd = [sys.executable, '-m', 'ebgan_jax.sample', '--num=10', f'--out={out}']
