@@ -108,7 +108,8 @@ def reference(tmp_path_factory, tfds_data_dir):
 
 
 @pytest.mark.slow
-def test_resume_in_a_new_process_matches_uninterrupted_run(reference, tmp_path, tfds_data_dir):
+def test_resume_in_a_new_process_matches_uninterrupted_run(reference, tmp_path,
+                                                          tfds_data_dir):
   workdir = tmp_path / 'split'
   train.train_and_evaluate(make_config(tfds_data_dir, total_steps=4), str(workdir))
   assert checkpoint_steps(workdir) == [2, 4]
