@@ -123,7 +123,7 @@ def test_mnist_fc_ebgan_is_figure_4b_and_4c(variant, pt_weight):
 def test_mnist_fc_default_is_ebgan_pt_and_grid_images_are_32():
   config = _load('mnist_fc', None)
   assert config.loss.kind == 'ebgan' and config.loss.pt_weight == 0.1
-  assert config.image_size == 32  # App. E: MNIST zero-padded to 32x32
+  assert config.image_size == 32  # App. D, "Other details": MNIST zero-padded to 32x32
 
 
 def test_mnist_fc_unknown_variant_raises():

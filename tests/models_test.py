@@ -22,7 +22,7 @@ N_LAYERS = (2, 3, 4, 5)
 SIZES_G = (400, 800, 1600, 3200)
 SIZES_D = (128, 256, 512, 1024)
 DROPOUTS = (True, False)
-IMAGE_SIZES = (32, 28)  # zero-padded MNIST (App. E) and unpadded
+IMAGE_SIZES = (32, 28)  # zero-padded MNIST (App. D, "Other details") and unpadded
 BATCH = 3
 LATENT = 100
 
