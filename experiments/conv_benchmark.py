@@ -40,12 +40,12 @@ def _model(name: str, transpose_impl: str, conv_impl: str):
 
 def _grad_fn(name: str, model, batch: int):
   """A jitted grad of sum(output^2) w.r.t. (params, input), and its arguments."""
-  key = jax.random.key(0)
+  key = jax.random.key(0, impl='rbg')  # rbg: threefry compiles slowly on XLA:CPU.
   if name == 'g':
     inputs = jax.random.normal(key, (batch, 100))  # [B, latent]
   else:
     inputs = jax.random.uniform(key, (batch, *IMAGE_SHAPE), minval=-1.0, maxval=1.0)
-  variables = model.init(jax.random.key(1), inputs, train=True)
+  variables = model.init(jax.random.key(1, impl='rbg'), inputs, train=True)
 
   def loss(params, x):
     out, _ = model.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
