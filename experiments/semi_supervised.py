@@ -98,7 +98,9 @@ def table_markdown(found: dict[str, dict[int, list[dict]]]) -> str:
   for name, row in PAPER_TABLE2.items():
     lines.append(f'| {name} | ' + ' | '.join(cell(row.get(n)) for n in counts) + ' |')
   notes = []
-  for variant, per_n in sorted(found.items()):
+  order = list(VARIANT_NAMES)  # The Ladder first, as in the paper.
+  for variant, per_n in sorted(found.items(), key=lambda kv: (
+      order.index(kv[0]) if kv[0] in order else len(order), kv[0])):
     cells = []
     for n in counts:
       runs = per_n.get(n, [])
