@@ -198,7 +198,7 @@ class Trainer:
     d_params = optax.apply_updates(state.d.params, d_updates)
     new_d = step_lib.Player(d_params, d_batch_stats, d_opt_state)
 
-    metrics = {'d_loss': d_loss, **d_aux, 'd_grad_norm': optax.global_norm(d_grads)}
+    metrics = {'d_loss': d_loss, **d_aux, 'd_grad_norm': optax.tree.norm(d_grads)}
     if not self.is_ebgan:
       return SSLState(step=state.step + 1, d=new_d, g=None), metrics
     metrics['margin'] = margin
@@ -220,7 +220,7 @@ class Trainer:
     (g_grads,) = g_vjp(dx)
     g_updates, g_opt_state = self.g_tx.update(g_grads, state.g.opt_state, state.g.params)
     g_params = optax.apply_updates(state.g.params, g_updates)
-    metrics |= {'g_loss': g_loss, 'g_grad_norm': optax.global_norm(g_grads),
+    metrics |= {'g_loss': g_loss, 'g_grad_norm': optax.tree.norm(g_grads),
                 'generator_on': jnp.float32(1.0)}
     new_g = step_lib.Player(g_params, g_batch_stats, g_opt_state)
     return SSLState(step=state.step + 1, d=new_d, g=new_g), metrics

@@ -1,4 +1,4 @@
-"""Labelled subsets for semi-supervised permutation-invariant MNIST (Sec. 4.2, App. D).
+"""Labelled subsets and batch order for semi-supervised PI-MNIST (Sec. 4.2, App. D).
 
 Table 2 trains with 100, 200 and 1000 labels and averages over 15 random seeds. The paper does
 not say how the labelled examples are drawn; we balance them across the classes (10, 20 or 100

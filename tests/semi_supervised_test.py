@@ -17,7 +17,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import mnist_ssl
-from ebgan_jax import semi_supervised, sharding, ssl_data
+from ebgan_jax import semi_supervised, sharding
 from experiments import semi_supervised as experiment
 
 SMALL_WIDTHS = (64, 32, 10)
@@ -177,18 +177,6 @@ def test_evaluate_counts_clean_path_errors_with_a_padded_last_batch():
   labels[[1, 5]] = (labels[[1, 5]] + 1) % 10  # two wrong of seven
   error = trainer.evaluate(state, np.asarray(images), labels, batch_size=3)  # 3 + 3 + 1(+2)
   np.testing.assert_allclose(error, 2 / 7)
-
-
-def test_stream_indices_cycle_a_small_labelled_set_deterministically():
-  first = ssl_data.stream_indices(10, 4, step=2, seed=(0, 0))  # positions 8..11: epochs 0, 1
-  again = ssl_data.stream_indices(10, 4, step=2, seed=(0, 0))
-  np.testing.assert_array_equal(first, again)
-  epoch0 = np.random.default_rng([0, 0, 0]).permutation(10)
-  epoch1 = np.random.default_rng([0, 0, 1]).permutation(10)
-  np.testing.assert_array_equal(first, [epoch0[8], epoch0[9], epoch1[0], epoch1[1]])
-  # Every epoch of a batch-aligned stream is a permutation.
-  batches = [ssl_data.stream_indices(12, 4, s, 3) for s in range(3)]
-  np.testing.assert_array_equal(np.sort(np.concatenate(batches)), np.arange(12))
 
 
 # -- end to end --------------------------------------------------------------------------------
