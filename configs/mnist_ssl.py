@@ -77,6 +77,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # every training image as an unlabelled one (see ssl_data); the paper is silent.
   config.ssl.unlabelled_includes_labelled = True
   config.ssl.eval_batch_size = 1000  # Test-set batches for the error rate (clean path).
+  # Devices the batches are split over; 0 = all. App. D's batch of 100 does not split over 8
+  # devices: use 4 (or 1 and one seed per device) there.
+  config.ssl.num_devices = 0
 
   model = config.model
   # App. D: 784-1000-500-250-250-250, then the 10-way softmax layer (Rasmus et al., Sec. 4).

@@ -322,7 +322,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   workdir = pathlib.Path(workdir)
   workdir_lib.record_config(workdir, config, write=jax.process_index() == 0)
   num_steps = config.total_steps
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(config.ssl.get('num_devices', 0) or None)
+  for name, size in (('batch_size', config.batch_size),
+                     ('ssl.labelled_batch_size', config.ssl.labelled_batch_size)):
+    if size % mesh.devices.size:
+      raise ValueError(f'config.{name}={size} does not split over {mesh.devices.size} devices '
+                       '(App. D uses 100); set --config.ssl.num_devices to a divisor of it, '
+                       'or run one seed per device.')
   trainer = Trainer(config, num_steps)
   data = SSLData(config)
 

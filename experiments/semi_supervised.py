@@ -14,7 +14,8 @@ every variant found under DIR, beside the paper's Table 2 rows. Both variants ma
   python -m experiments.semi_supervised --config=configs/mnist_ssl.py:ebgan_ln --seeds=15 \\
       --num_labelled=100,200,1000 --workdir=DIR
 Finished runs (those with results.json) are skipped and an interrupted one resumes from its
-checkpoint, so the same command continues a partly done table.
+checkpoint, so the same command continues a partly done table. --shard=I/N splits the seeds
+over N processes, e.g. one per GPU with CUDA_VISIBLE_DEVICES=I.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ config_flags.DEFINE_config_file('config', None, 'configs/mnist_ssl.py:VARIANT[,.
 flags.DEFINE_integer('seeds', 0, '0: one run in --workdir with the config\'s seeds. S > 0: '
                      'Table 2 driver over seeds 0..S-1 (the paper averages 15).')
 flags.DEFINE_list('num_labelled', [], 'Driver mode: label counts (default: the config\'s).')
+flags.DEFINE_string('shard', '0/1', 'Driver mode: I/N runs the seeds s with s %% N == I, so N '
+                    'processes (one per accelerator) share a table; each rewrites the table from '
+                    'the finished runs when it ends.')
 
 # Table 2 of the paper: test error (%) mean +- std over 15 seeds, for 100 / 200 / 1000 labels.
 PAPER_TABLE2 = {
@@ -117,10 +121,14 @@ def table_markdown(found: dict[str, dict[int, list[dict]]]) -> str:
 
 
 def drive(config: ml_collections.ConfigDict, table_dir: pathlib.Path, num_seeds: int,
-          label_counts: list[int]) -> None:
-  """Runs every (label count, seed) not yet finished, then writes table2.md / table2.json."""
+          label_counts: list[int], shard: tuple[int, int] = (0, 1)) -> None:
+  """Runs every (label count, seed) not yet finished, then writes table2.md / table2.json.
+
+  `shard` = (i, n) keeps the seeds s with s % n == i (parallel processes share `table_dir`).
+  """
+  index, count = shard
   for n in label_counts:
-    for seed in range(num_seeds):
+    for seed in range(index, num_seeds, count):
       workdir = run_dir(table_dir, config.variant, n, seed)
       if (workdir / semi_supervised.RESULTS_FILE).exists():
         logging.info('%s is done; skipping.', workdir)
@@ -165,7 +173,10 @@ def main(argv):
       print(json.dumps(results, indent=2, sort_keys=True))
     return
   counts = [int(n) for n in FLAGS.num_labelled] or [FLAGS.config.ssl.num_labelled]
-  drive(FLAGS.config, workdir, FLAGS.seeds, counts)
+  index, count = (int(v) for v in FLAGS.shard.split('/'))
+  if not 0 <= index < count:
+    raise app.UsageError(f'--shard={FLAGS.shard}: expected I/N with 0 <= I < N.')
+  drive(FLAGS.config, workdir, FLAGS.seeds, counts, (index, count))
 
 
 if __name__ == '__main__':

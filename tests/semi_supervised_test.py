@@ -228,3 +228,27 @@ def test_table2_driver_writes_mean_and_std_beside_the_paper(tmp_path):
   assert '1.04±0.12' in table and '0.89±0.04' in table  # the paper's EBGAN-LN row
   # mean(1, 3) = 2, sample std = sqrt(((1-2)^2 + (3-2)^2) / 1) = 1.414
   assert '| EBGAN-LN, this code | 2.00±1.41 (2) | - | - |' in table
+
+
+def test_table2_driver_runs_its_shard_of_the_seeds_and_skips_finished_runs(tmp_path,
+                                                                          monkeypatch):
+  calls = []
+
+  def fake_train(config, workdir):
+    calls.append((config.ssl.num_labelled, config.seed, config.ssl.labelled_seed))
+    workdir.mkdir(parents=True)
+    result = {'variant': config.variant, 'num_labelled': config.ssl.num_labelled,
+              'seed': config.seed, 'test_error_percent': float(config.seed), 'steps': 1,
+              'dataset': config.dataset, 'num_test': 1, 'device': 'cpu'}
+    (workdir / 'results.json').write_text(json.dumps(result))
+    return None, result
+
+  monkeypatch.setattr(semi_supervised, 'train_and_evaluate', fake_train)
+  config = mnist_ssl.get_config('ladder')
+  experiment.drive(config, tmp_path, num_seeds=4, label_counts=[100, 1000], shard=(1, 2))
+  # Seeds 1 and 3 (s % 2 == 1), run seed = labelled-subset seed.
+  assert calls == [(100, 1, 1), (100, 3, 3), (1000, 1, 1), (1000, 3, 3)]
+  assert '| Ladder (LN bottom-layer-cost), this code | 2.00±1.41 (2) | - | 2.00±1.41 (2) |' in (
+      tmp_path / 'table2.md').read_text()
+  experiment.drive(config, tmp_path, num_seeds=4, label_counts=[100], shard=(1, 2))
+  assert len(calls) == 4  # finished runs are skipped
