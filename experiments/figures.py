@@ -25,12 +25,10 @@ import pathlib
 from typing import Any, Callable, Iterable, Sequence
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from ebgan_jax import grid, sample  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ebgan_jax import grid, sample
 
 Row = dict[str, Any]
 COLORS = {'ebgan': 'tab:blue', 'ebgan_pt': 'tab:green', 'gan': 'tab:red'}
@@ -216,6 +214,7 @@ def main(argv=None):
                       help='Grid workdir (repeat to combine, e.g. ebgan and gan grids).')
   parser.add_argument('--out', default='', help='Output folder (default FIRST_WORKDIR/figures).')
   args = parser.parse_args(argv)
+  matplotlib.use('Agg')  # Files only (a notebook importing this module keeps its backend).
   rows = load_rows(args.workdir)
   out = args.out or str(pathlib.Path(args.workdir[0]) / 'figures')
   written = draw_all(rows, out)
