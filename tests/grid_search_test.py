@@ -113,6 +113,15 @@ def test_a_torn_last_line_is_skipped_and_not_glued_to_the_next_row(tmp_path):
 
 
 # -- the smoke grid end to end ---------------------------------------------------------------------
+@pytest.fixture
+def fast_compiles():
+  """Tiny models, a few steps: compile time dominates, so skip most XLA optimizations."""
+  previous = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', previous)
+
+
 @pytest.fixture(scope='module')
 def untrained_classifier(tmp_path_factory):
   """A saved (untrained) classifier: the scores need one, its quality is not tested here."""
@@ -123,7 +132,7 @@ def untrained_classifier(tmp_path_factory):
 
 
 def test_smoke_grid_end_to_end_restart_nan_and_merge(tmp_path, tfds_data_dir,
-                                                     untrained_classifier):
+                                                     untrained_classifier, fast_compiles):
   config = mnist_grid.get_config('smoke')
   config.tfds_data_dir = tfds_data_dir
   points = mnist_grid.sweep(config)

@@ -105,7 +105,7 @@ def test_sgd_member_params_match_their_single_runs(sgd_case):
 
 def test_a_nan_member_leaves_the_others_untouched(sgd_case):
   configs, mesh, batches, clean, initial, clean_history = sgd_case
-  poisoned = dataclasses.replace(clean, state=initial)
+  poisoned = dataclasses.replace(clean, state=jax.tree.map(jnp.copy, initial))  # Donated below.
   poisoned, poisoned_history = _population_run(configs, batches, mesh, corrupt=1, pop=poisoned)
   assert not np.isfinite(poisoned_history[-1]['g_loss'][1])
   # Member 0 is bit-for-bit what it is in the clean population: vmap never mixes members.
