@@ -1,0 +1,169 @@
+"""The MNIST grid search of Sec. 4.1 (Table 1) and the margin sweep of Figure 9 (App. E).
+
+Variants (`--config=configs/mnist_grid.py:VARIANT[,seeds=N]`):
+  ebgan         Table 1, EBGAN column: nLayerG x nLayerD x sizeG x sizeD x dropoutD = 512 runs,
+                Adam for both players, lr 0.001, margin 10 (Sec. 4.1 restrictions (i)-(iii)).
+  ebgan_pt      the same 512 architectures with lambda_PT = 0.1 (App. C, Fig. 4(c)).
+  gan           Table 1, GAN column: the 512 architectures x optimD x optimG in {adam, sgd}
+                x lr in {0.01, 0.001, 0.0001} = 6,144 runs.
+  margin_sweep  Figure 9: m in {1, 2, 4, 6, 8, 12, 16, 32}, nLayerG=5, nLayerD=2, sizeG=1600,
+                sizeD=1024, no dropout, Adam, lr 0.001 (8 runs, one population).
+  smoke         a few tiny runs of a few steps (EBGAN, EBGAN-PT and GAN), for the tests.
+
+`get_config(arg)` returns the base config of a variant; `sweep(config)` expands it into one
+config per grid point. Every point carries its own `seed`: `config.seed + arch_index *
+seeds + replicate`, where `arch_index` numbers the 512 architectures (nLayerG, nLayerD, sizeG,
+sizeD, dropoutD) in Table 1's order. The same architecture thus starts from the same seed in
+the EBGAN, EBGAN-PT and GAN grids and under every GAN optimizer setting (paired comparisons);
+`seeds=N` adds N - 1 replicates per point, which also lets the EBGAN grid train populations
+of N members (its 512 points all have different shapes).
+
+Training budget. The paper does not state one. Every run gets `total_steps` = 2,000 steps at
+batch 64 (about 2 epochs of MNIST's 60,000 digits, 16 of the embedded 8,000): enough for the
+fully-connected models to draw digits, and small enough that the 512-run EBGAN grid is a
+GPU-hours job. Change it with --config.total_steps=N; the budget is stored in every result row.
+
+Scoring (`config.eval`): I', IS, classifier FID against the test split and the class
+histogram over `num_samples` generated digits, with the offline classifier of App. C trained
+once per dataset (`classifier_epochs` epochs over the whole train split) and cached.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import ml_collections
+
+from configs import common
+
+VARIANTS = ('ebgan', 'ebgan_pt', 'gan', 'margin_sweep', 'smoke')
+
+# Table 1: the architecture axes, shared by EBGANs and GANs.
+N_LAYER_G = (2, 3, 4, 5)
+N_LAYER_D = (2, 3, 4, 5)
+SIZE_G = (400, 800, 1600, 3200)
+SIZE_D = (128, 256, 512, 1024)
+DROPOUT_D = (True, False)
+# Table 1: the GAN-only optimization axes.
+GAN_OPTIM = ('adam', 'sgd')
+GAN_LR = (0.01, 0.001, 0.0001)
+# Figure 9 (App. E): the margins of the sweep, top to bottom.
+FIG9_MARGINS = (1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Base config of the grid variant named in `arg` (see the module docstring)."""
+  arg = common.parse_arg(arg, variant='ebgan', seeds=1)
+  if arg.variant not in VARIANTS:
+    raise ValueError(f'Unknown variant {arg.variant!r}; use one of {VARIANTS}.')
+  config = common.base_config()
+  config.image_size = 32  # App. E: the grid search uses MNIST zero-padded to 32x32.
+  config.batch_size = 64
+  config.total_steps = 2000  # Our budget; the paper gives none (see the module docstring).
+  config.log_every_steps = 100
+
+  model = config.model
+  model.dropout_d = False
+  config.optim.optim_d = config.optim.optim_g = 'adam'  # Sec. 4.1 (i): Adam for EBGANs.
+  config.optim.lr_d = config.optim.lr_g = 0.001         # Sec. 4.1 (i): lr 0.001.
+  config.loss.margin = 10.0                             # Sec. 4.1 (iii): m = 10, not tuned.
+  config.loss.pt_weight = 0.0
+  config.loss.kind = 'gan' if arg.variant == 'gan' else 'ebgan'
+  if arg.variant == 'ebgan_pt':
+    config.loss.pt_weight = 0.1  # App. C, Fig. 4(c): lambda_PT = 0.1.
+  if arg.variant == 'margin_sweep':
+    # App. E, Figure 9's fixed setting.
+    model.n_layer_g, model.n_layer_d, model.size_g, model.size_d = 5, 2, 1600, 1024
+
+  config.grid = ml_collections.ConfigDict()
+  config.grid.variant = arg.variant
+  config.grid.seeds = arg.seeds         # Replicates per grid point.
+  config.grid.max_population = 16       # Members per vmapped program (bounds memory).
+  config.grid.data_seed = 0             # Order of the batches every population shares.
+  config.grid.num_sample_images = 64    # Kept per run (samples/<run_id>.npz) for Figure 4.
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.num_samples = 10000       # Generated digits per score (the paper does not say).
+  config.eval.batch_size = 500
+  config.eval.classifier_epochs = 5     # Offline classifier: passes over the train split.
+  config.eval.classifier_batch_size = 128
+  config.eval.classifier_train_examples = 0  # 0: the whole train split (App. C).
+  config.eval.classifier_seed = 0
+
+  if arg.variant == 'smoke':
+    config.batch_size = 16
+    config.total_steps = 3
+    config.log_every_steps = 1
+    model.n_layer_g, model.n_layer_d, model.size_g, model.size_d = 2, 2, 16, 8
+    model.latent_dim = 8
+    config.grid.num_sample_images = 16
+    config.eval.num_samples = 64
+    config.eval.batch_size = 64
+    config.eval.classifier_epochs = 1
+    config.eval.classifier_batch_size = 64
+    config.eval.classifier_train_examples = 512
+  return config
+
+
+def _architectures(config: ml_collections.ConfigDict):
+  """(arch_index, n_layer_g, n_layer_d, size_g, size_d, dropout_d) in Table 1's order."""
+  variant = config.grid.variant
+  if variant == 'margin_sweep':
+    m = config.model
+    return [(0, m.n_layer_g, m.n_layer_d, m.size_g, m.size_d, m.dropout_d)]
+  if variant == 'smoke':
+    m = config.model
+    return [(i, m.n_layer_g, n_layer_d, m.size_g, m.size_d, False)
+            for i, n_layer_d in enumerate((2, 3))]
+  axes = itertools.product(N_LAYER_G, N_LAYER_D, SIZE_G, SIZE_D, DROPOUT_D)
+  return [(i, *arch) for i, arch in enumerate(axes)]
+
+
+def _point(config: ml_collections.ConfigDict, arch, seed_offset: int, *, kind: str,
+           optim_d: str, optim_g: str, lr: float, margin: float, pt_weight: float
+           ) -> ml_collections.ConfigDict:
+  point = ml_collections.ConfigDict(config.to_dict())
+  arch_index, n_layer_g, n_layer_d, size_g, size_d, dropout_d = arch
+  point.model.n_layer_g, point.model.n_layer_d = n_layer_g, n_layer_d
+  point.model.size_g, point.model.size_d, point.model.dropout_d = size_g, size_d, dropout_d
+  point.loss.kind, point.loss.margin, point.loss.pt_weight = kind, margin, pt_weight
+  point.optim.optim_d, point.optim.optim_g = optim_d, optim_g
+  point.optim.lr_d = point.optim.lr_g = lr  # Table 1 has one lr for both players.
+  point.seed = config.seed + arch_index * config.grid.seeds + seed_offset
+  return point
+
+
+def sweep(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
+  """One config per grid point of `config.grid.variant` (times `config.grid.seeds`).
+
+  Sizes: ebgan 512, ebgan_pt 512, gan 6,144, margin_sweep 8, smoke 6 (times seeds).
+  """
+  variant = config.grid.variant
+  points = []
+  for arch in _architectures(config):
+    for rep in range(config.grid.seeds):
+      def add(**kw):
+        points.append(_point(config, arch, rep, **kw))  # pylint: disable=cell-var-from-loop
+      if variant in ('ebgan', 'ebgan_pt'):
+        add(kind='ebgan', optim_d='adam', optim_g='adam', lr=0.001, margin=10.0,
+            pt_weight=config.loss.pt_weight)
+      elif variant == 'gan':
+        for optim_d, optim_g, lr in itertools.product(GAN_OPTIM, GAN_OPTIM, GAN_LR):
+          add(kind='gan', optim_d=optim_d, optim_g=optim_g, lr=lr, margin=10.0, pt_weight=0.0)
+      elif variant == 'margin_sweep':
+        for margin in FIG9_MARGINS:
+          add(kind='ebgan', optim_d='adam', optim_g='adam', lr=0.001, margin=margin,
+              pt_weight=0.0)
+      elif variant == 'smoke':
+        for pt_weight in (0.0, 0.1):
+          add(kind='ebgan', optim_d='adam', optim_g='adam', lr=0.001, margin=10.0,
+              pt_weight=pt_weight)
+        if arch[0] == 0:
+          for lr in (0.01, 0.001):
+            add(kind='gan', optim_d='adam', optim_g='adam', lr=lr, margin=10.0, pt_weight=0.0)
+  return points
+
+
+def metrics() -> list[str]:
+  """The columns of the results table the figures compare (higher I' is better)."""
+  return ['i_prime', 'inception_score', 'fid', 'modes_covered']

@@ -1,0 +1,216 @@
+"""Scores of generated digits with App. C's offline classifier: I', IS, classifier FID, modes.
+
+  python -m ebgan_jax.evaluate --workdir=DIR [--classifier_dir=DIR] [--num_samples=N]
+
+scores a run trained by `ebgan_jax.main`: it draws N digits from the run's latest checkpoint,
+and writes I' (Sec. 4.1 / App. C), the inception score, the Frechet distance in the
+classifier's feature space against the test split, and the class histogram to
+`DIR/eval.json` and to TensorBoard (`eval/...` keys in `DIR/logs`).
+
+The classifier ("a regular 3-layer ConvNet trained off-line using the entire MNIST training
+set", App. C) is trained once per dataset and cached (`get_classifier`): the first caller
+trains and saves it under a file lock, every later caller (another shard of a grid included)
+loads it. Its test accuracy is printed and stored in its metadata and in every score.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+
+from ebgan_jax import classifier, input_pipeline, metric_writer, sample, scores
+
+NUM_CLASSES = 10
+# Used when a config has no `eval` block (e.g. configs/mnist_fc.py runs).
+EVAL_DEFAULTS = dict(num_samples=10000, batch_size=500, classifier_epochs=5,
+                     classifier_batch_size=128, classifier_train_examples=0, classifier_seed=0)
+EVAL_FILE = 'eval.json'
+
+
+def eval_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config.eval` with the defaults filled in."""
+  settings = dict(EVAL_DEFAULTS)
+  if 'eval' in config:
+    settings.update(config.eval.to_dict())
+  return ml_collections.ConfigDict(settings)
+
+
+@contextlib.contextmanager
+def _file_lock(path: pathlib.Path):
+  """An exclusive fcntl lock on `path` (created), held for the `with` block."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, 'a+') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def get_classifier(config: ml_collections.ConfigDict, directory: str | os.PathLike
+                   ) -> tuple[Any, dict[str, Any]]:
+  """The offline classifier of `config`'s dataset, loaded from `directory` or trained there.
+
+  Training uses the dataset's whole train split (App. C), or its first
+  `eval.classifier_train_examples` digits when that is > 0 (tests), and reports the accuracy
+  on the test split. Concurrent callers (grid shards on one shared workdir) serialise on a
+  lock file beside `directory`: one trains, the others then load its checkpoint.
+
+  Returns:
+    (variables, meta); meta holds `test_accuracy`, the dataset and the training settings.
+  """
+  directory = pathlib.Path(directory).absolute()
+  with _file_lock(directory.parent / f'.{directory.name}.lock'):
+    if (directory / classifier.META_FILE).exists():
+      params, meta = classifier.load_classifier(directory)
+      logging.info('Loaded the offline classifier from %s (test accuracy %.4f).', directory,
+                   meta.get('test_accuracy', float('nan')))
+      return params, meta
+    settings = eval_settings(config)
+    train_images, train_labels = input_pipeline.split_arrays(config, 'train')
+    if settings.classifier_train_examples > 0:
+      train_images = train_images[:settings.classifier_train_examples]
+      train_labels = train_labels[:settings.classifier_train_examples]
+    test_images, test_labels = input_pipeline.split_arrays(config, 'test')
+    start = time.time()
+    params, accuracy = classifier.train_classifier(
+        train_images, train_labels, test_images, test_labels,
+        num_epochs=settings.classifier_epochs, batch_size=settings.classifier_batch_size,
+        seed=settings.classifier_seed)
+    meta = dict(test_accuracy=float(accuracy), dataset=config.dataset, data_dir=config.data_dir,
+                num_train=int(len(train_images)), num_test=int(len(test_images)),
+                num_epochs=settings.classifier_epochs,
+                batch_size=settings.classifier_batch_size, seed=settings.classifier_seed,
+                train_seconds=round(time.time() - start, 1))
+    classifier.save_classifier(directory, params, meta)
+  print(f'Offline classifier trained on {meta["num_train"]} digits of '
+        f'{config.data_dir or config.dataset}: test accuracy {accuracy:.4f} on '
+        f'{meta["num_test"]} test digits; saved to {directory}', flush=True)
+  return params, meta
+
+
+@dataclasses.dataclass
+class Reference:
+  """The test split's statistics in the classifier's feature space (for the FID)."""
+  mu: jax.Array      # [F]
+  sigma: jax.Array   # [F, F]
+  num_images: int
+
+
+def reference_statistics(params: Any, config: ml_collections.ConfigDict) -> Reference:
+  """Mean and covariance of the classifier features of the whole test split."""
+  images, _ = input_pipeline.split_arrays(config, 'test')
+  mu, sigma = scores.feature_statistics(classifier.features(params, images))
+  return Reference(mu, sigma, len(images))
+
+
+def score_images(params: Any, images: np.ndarray | jax.Array, reference: Reference
+                 ) -> dict[str, Any]:
+  """I', IS, classifier FID and class histogram of generated images.
+
+  Args:
+    params: the classifier's variables.
+    images: generated digits [N, H, W, 1], float in [-1, 1] or uint8 in [0, 255].
+    reference: the test split's feature statistics.
+  Returns:
+    {'i_prime', 'inception_score', 'fid', 'class_histogram' (list of K ints),
+     'modes_covered' (classes holding at least N / (10 K) samples, so that stray
+     misclassifications do not count as a mode)}; floats are NaN if the images are not finite.
+  """
+  images = np.asarray(images)
+  if images.dtype == np.uint8:
+    images = images.astype(np.float32) / 127.5 - 1.0
+  n = images.shape[0]
+  if not np.all(np.isfinite(images)):
+    return {'i_prime': float('nan'), 'inception_score': float('nan'), 'fid': float('nan'),
+            'class_histogram': [0] * NUM_CLASSES, 'modes_covered': 0}
+  logits, feats = classifier._apply_batched(params, images)  # pylint: disable=protected-access
+  log_probs = jax.nn.log_softmax(logits, axis=-1)  # [N, K]
+  probs = jnp.exp(log_probs)
+  mu, sigma = scores.feature_statistics(feats)
+  histogram = scores.class_histogram(probs, NUM_CLASSES)
+  return {
+      'i_prime': float(scores.modified_inception_score(probs, log_probs)),
+      'inception_score': float(scores.inception_score(probs, log_probs)),
+      'fid': float(scores.frechet_distance(mu, sigma, reference.mu, reference.sigma)),
+      'class_histogram': [int(c) for c in np.asarray(histogram)],
+      'modes_covered': int(scores.modes_covered(histogram, max(1, n // (10 * NUM_CLASSES)))),
+  }
+
+
+def default_classifier_dir(config: ml_collections.ConfigDict, root: str | os.PathLike
+                           ) -> pathlib.Path:
+  """`root/classifier-<dataset>`: one cached classifier per dataset."""
+  name = pathlib.Path(config.data_dir).name if config.data_dir else config.dataset
+  return pathlib.Path(root) / f'classifier-{name}'
+
+
+def evaluate_workdir(workdir: str | os.PathLike, classifier_dir: str | os.PathLike | None = None,
+                     num_samples: int | None = None, seed: int = 0) -> dict[str, Any]:
+  """Scores the latest checkpoint of the run in `workdir`; writes eval.json and TensorBoard.
+
+  Args:
+    workdir: a run trained by `ebgan_jax.main`.
+    classifier_dir: where the offline classifier is (or is trained and cached); default
+      `workdir/classifier-<dataset>`.
+    num_samples: generated digits to score; default `config.eval.num_samples` (10,000).
+    seed: seed of the latents.
+  Returns:
+    The scores, with `step` (the checkpoint's) and `classifier_test_accuracy`.
+  """
+  workdir = pathlib.Path(workdir)
+  trainer, state, step = sample.load_generator(str(workdir))
+  config = trainer.config
+  settings = eval_settings(config)
+  num_samples = num_samples or settings.num_samples
+  classifier_dir = classifier_dir or default_classifier_dir(config, workdir)
+  params, meta = get_classifier(config, classifier_dir)
+  reference = reference_statistics(params, config)
+  images = sample.generate_images(trainer, state, num_samples, jax.random.key(seed),
+                                  batch_size=settings.batch_size)
+  result = score_images(params, images, reference)
+  result.update(step=int(step), num_samples=int(num_samples),
+                classifier_test_accuracy=float(meta.get('test_accuracy', float('nan'))),
+                classifier_dir=str(classifier_dir))
+  tmp = workdir / (EVAL_FILE + '.tmp')
+  tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + '\n')
+  tmp.replace(workdir / EVAL_FILE)
+  writer = metric_writer.MetricWriter(workdir / 'logs')
+  try:
+    writer.write_scalars(step, {f'eval/{k}': result[k] for k in
+                                ('i_prime', 'inception_score', 'fid', 'modes_covered')})
+  finally:
+    writer.close()
+  return result
+
+
+def main(argv):
+  del argv
+  result = evaluate_workdir(FLAGS.workdir, FLAGS.classifier_dir or None,
+                            FLAGS.num_samples or None, FLAGS.seed)
+  print(json.dumps(result, indent=2, sort_keys=True))
+  print(f'Wrote {pathlib.Path(FLAGS.workdir) / EVAL_FILE} and eval/... scalars to '
+        f'{pathlib.Path(FLAGS.workdir) / "logs"}')
+
+
+if __name__ == '__main__':
+  flags.DEFINE_string('workdir', None, 'Workdir of a run trained by ebgan_jax.main.',
+                      required=True)
+  flags.DEFINE_string('classifier_dir', '', 'Cached offline classifier (trained there if '
+                      'missing); default WORKDIR/classifier-<dataset>.')
+  flags.DEFINE_integer('num_samples', 0, 'Generated digits to score (0: config.eval).')
+  flags.DEFINE_integer('seed', 0, 'Seed of the latents.')
+  FLAGS = flags.FLAGS
+  app.run(main)

@@ -1,0 +1,225 @@
+"""Figures 2, 3, 4 and 9 of the paper from a grid-search results table (PNG + PDF).
+
+  python -m experiments.figures --workdir=DIR [--workdir=DIR2 ...] [--out=DIR/figures]
+
+reads the results of `experiments.grid_search` (DIR/results.jsonl when merged, else the
+shard tables in DIR/results/) and the per-run sample files (DIR/samples/<run_id>.npz), and
+writes:
+  fig2.{png,pdf}  histograms of I' for EBGANs vs GANs: (a) all runs, (b) nLayerG and nLayerD
+                  <= 4, (c) <= 3; the y-axis is the percentage of each family's runs.
+  fig3.{png,pdf}  one panel per GAN optimization sub-grid (optimD, optimG, lr), each GAN
+                  sub-grid's 512 runs against the 512 EBGAN runs.
+  fig4.{png,pdf}  samples of the best GAN, EBGAN and EBGAN-PT (highest I').
+  fig9.{png,pdf}  the margin sweep, one row of samples per m (top to bottom, increasing m).
+A figure whose runs are absent from the table is skipped. Runs that went NaN have no score;
+they are counted in the failed bin at I' = 0 (the lowest possible I', which is a KL
+divergence) and their number is given in the legend.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import pathlib
+from typing import Any, Callable, Iterable, Sequence
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ebgan_jax import grid, sample
+
+Row = dict[str, Any]
+COLORS = {'ebgan': 'tab:blue', 'ebgan_pt': 'tab:green', 'gan': 'tab:red'}
+LABELS = {'ebgan': 'EBGAN', 'ebgan_pt': 'EBGAN-PT', 'gan': 'GAN'}
+
+
+def load_rows(workdirs: Iterable[str | pathlib.Path]) -> list[Row]:
+  """The rows of one or more grid workdirs (merged table if present, else shard tables)."""
+  rows: dict[str, Row] = {}
+  for workdir in workdirs:
+    workdir = pathlib.Path(workdir)
+    merged = workdir / grid.MERGED_JSONL
+    found = grid.read_table(merged) if merged.exists() else grid.read_results(workdir)
+    for row in found:
+      row.setdefault('_workdir', str(workdir))
+      rows.setdefault(row['run_id'], row)
+  return list(rows.values())
+
+
+def _score(row: Row, key: str = 'i_prime') -> float:
+  value = row.get(key)
+  if row.get('nan') or value is None or not math.isfinite(value):
+    return 0.0  # Failed runs go to the lowest bin (see the module docstring).
+  return float(value)
+
+
+def _save(fig: plt.Figure, out_dir: pathlib.Path, name: str) -> list[pathlib.Path]:
+  out_dir.mkdir(parents=True, exist_ok=True)
+  paths = [out_dir / f'{name}.png', out_dir / f'{name}.pdf']
+  for path in paths:
+    fig.savefig(path, dpi=150, bbox_inches='tight')
+  plt.close(fig)
+  return paths
+
+
+def _hist(ax: plt.Axes, groups: dict[str, list[Row]], bins: np.ndarray, title: str) -> None:
+  """Percentage histograms of I' of each family in `groups`."""
+  for name, rows in groups.items():
+    if not rows:
+      continue
+    scores = np.array([_score(r) for r in rows])
+    failed = sum(bool(r.get('nan')) for r in rows)
+    weights = np.full(len(scores), 100.0 / len(scores))
+    label = f'{LABELS.get(name, name)} ({len(rows)} runs' + (f', {failed} NaN)' if failed
+                                                              else ')')
+    ax.hist(scores, bins=bins, weights=weights, alpha=0.55, color=COLORS.get(name),
+            label=label)
+  ax.set_title(title, fontsize=9)
+  ax.set_xlabel("I'")
+  ax.set_ylabel('% of runs')
+  ax.legend(fontsize=7)
+
+
+def _bins(rows: Sequence[Row], num: int = 30) -> np.ndarray:
+  top = max([_score(r) for r in rows] + [1e-3])
+  return np.linspace(0.0, top * 1.02, num + 1)
+
+
+def _by_family(rows: Iterable[Row], families: Sequence[str]) -> dict[str, list[Row]]:
+  return {f: [r for r in rows if r['family'] == f] for f in families}
+
+
+def figure2(rows: Sequence[Row], out_dir: pathlib.Path,
+            families: Sequence[str] = ('ebgan', 'gan')) -> list[pathlib.Path]:
+  """Figure 2 (a)(b)(c): I' histograms, all runs and nLayer[GD] <= 4, <= 3."""
+  rows = [r for r in rows if r['family'] in families and r.get('variant') != 'margin_sweep']
+  if not rows:
+    return []
+  bins = _bins(rows)
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  limits = [(None, '(a) all'), (4, '(b) nLayer[GD] <= 4'), (3, '(c) nLayer[GD] <= 3')]
+  for ax, (limit, title) in zip(axes, limits):
+    keep = [r for r in rows if limit is None
+            or (r['n_layer_g'] <= limit and r['n_layer_d'] <= limit)]
+    _hist(ax, _by_family(keep, families), bins, title)
+  fig.suptitle("Figure 2: histograms of I' from the grid search")
+  return _save(fig, out_dir, 'fig2')
+
+
+def figure3(rows: Sequence[Row], out_dir: pathlib.Path) -> list[pathlib.Path]:
+  """Figure 3: one panel per GAN sub-grid (optimD, optimG, lr) against all EBGAN runs."""
+  gans = [r for r in rows if r['family'] == 'gan']
+  ebgans = [r for r in rows if r['family'] == 'ebgan' and r.get('variant') != 'margin_sweep']
+  if not gans:
+    return []
+  settings = sorted({(r['optim_d'], r['optim_g'], r['lr']) for r in gans},
+                    key=lambda s: (s[0], s[1], -s[2]))
+  bins = _bins(gans + ebgans)
+  cols = min(len(settings), 6)
+  nrows = math.ceil(len(settings) / cols)
+  fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.8 * nrows), squeeze=False)
+  for ax, setting in itertools.zip_longest(axes.flat, settings):
+    if setting is None:
+      ax.axis('off')
+      continue
+    optim_d, optim_g, lr = setting
+    sub = [r for r in gans if (r['optim_d'], r['optim_g'], r['lr']) == (optim_d, optim_g, lr)]
+    _hist(ax, {'ebgan': ebgans, 'gan': sub}, bins,
+          f'optimD={optim_d}, optimG={optim_g}, lr={lr:g}')
+  fig.suptitle("Figure 3: I' per GAN optimization sub-grid, EBGAN as reference")
+  fig.tight_layout()
+  return _save(fig, out_dir, 'fig3')
+
+
+def _samples(row: Row) -> np.ndarray | None:
+  path = pathlib.Path(row['_workdir']) / grid.SAMPLES_DIR / f'{row["run_id"]}.npz'
+  if not path.exists():
+    return None
+  with np.load(path) as data:
+    return data['images']  # uint8 [N, H, W, C]
+
+
+def best_runs(rows: Sequence[Row], families: Sequence[str] = ('gan', 'ebgan', 'ebgan_pt')
+              ) -> dict[str, Row]:
+  """The run of highest I' of each family (Figure 4's "best" models, App. C)."""
+  best = {}
+  for f in families:
+    candidates = [r for r in rows if r['family'] == f and not r.get('nan')
+                  and r.get('variant') != 'margin_sweep']
+    if candidates:
+      best[f] = max(candidates, key=_score)
+  return best
+
+
+def figure4(rows: Sequence[Row], out_dir: pathlib.Path, num: int = 64) -> list[pathlib.Path]:
+  """Figure 4: samples of the best GAN (a), EBGAN (b) and EBGAN-PT (c)."""
+  best = best_runs(rows)
+  panels = [(f, r, _samples(r)) for f, r in best.items()]
+  panels = [p for p in panels if p[2] is not None]
+  if not panels:
+    return []
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 5), squeeze=False)
+  for ax, (f, row, images), letter in zip(axes[0], panels, 'abc'):
+    tile = sample.image_grid(images[:num])
+    ax.imshow(tile[..., 0] if tile.shape[-1] == 1 else tile, cmap='gray')
+    ax.set_title(f"({letter}) best {LABELS[f]}: I'={_score(row):.3f}\n"
+                 f"nLayerG={row['n_layer_g']} nLayerD={row['n_layer_d']} "
+                 f"sizeG={row['size_g']} sizeD={row['size_d']}\n"
+                 f"dropoutD={int(row['dropout_d'])} {row['optim_d']}/{row['optim_g']} "
+                 f"lr={row['lr']:g}", fontsize=8)
+    ax.axis('off')
+  fig.suptitle('Figure 4: generations of the best runs of the grid search')
+  return _save(fig, out_dir, 'fig4')
+
+
+def figure9(rows: Sequence[Row], out_dir: pathlib.Path, per_row: int = 16
+            ) -> list[pathlib.Path]:
+  """Figure 9: one row of samples per margin m of the sweep, top to bottom by m."""
+  sweep = sorted((r for r in rows if r.get('variant') == 'margin_sweep'),
+                 key=lambda r: r['margin'])
+  sweep = [(r, _samples(r)) for r in sweep]
+  sweep = [(r, s) for r, s in sweep if s is not None]
+  if not sweep:
+    return []
+  fig, axes = plt.subplots(len(sweep), 1, figsize=(per_row * 0.6, 0.75 * len(sweep) + 0.6),
+                           squeeze=False)
+  for ax, (row, images) in zip(axes[:, 0], sweep):
+    tile = sample.image_grid(images[:per_row], num_cols=per_row)
+    ax.imshow(tile[..., 0], cmap='gray')
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_ylabel(f"m={row['margin']:g}\nI'={_score(row):.2f}", rotation=0, ha='right',
+                  va='center', fontsize=8)
+  fig.suptitle('Figure 9: EBGAN generations for margins m (nLayerG=5, nLayerD=2, sizeG=1600, '
+               'sizeD=1024, Adam, lr 0.001)', fontsize=8)
+  return _save(fig, out_dir, 'fig9')
+
+
+FIGURES: dict[str, Callable[..., list[pathlib.Path]]] = {
+    'fig2': figure2, 'fig3': figure3, 'fig4': figure4, 'fig9': figure9}
+
+
+def draw_all(rows: Sequence[Row], out_dir: str | pathlib.Path) -> dict[str, list[pathlib.Path]]:
+  """Every figure the rows allow; {name: written paths} (empty for a skipped figure)."""
+  out_dir = pathlib.Path(out_dir)
+  return {name: fn(rows, out_dir) for name, fn in FIGURES.items()}
+
+
+def main(argv=None):
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--workdir', action='append', required=True,
+                      help='Grid workdir (repeat to combine, e.g. ebgan and gan grids).')
+  parser.add_argument('--out', default='', help='Output folder (default FIRST_WORKDIR/figures).')
+  args = parser.parse_args(argv)
+  matplotlib.use('Agg')  # Files only (a notebook importing this module keeps its backend).
+  rows = load_rows(args.workdir)
+  out = args.out or str(pathlib.Path(args.workdir[0]) / 'figures')
+  written = draw_all(rows, out)
+  print(json.dumps({k: [str(p) for p in v] for k, v in written.items()}, indent=1))
+
+
+if __name__ == '__main__':
+  main()

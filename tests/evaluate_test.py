@@ -1,0 +1,103 @@
+"""Scoring with the offline classifier: numbers against numpy/scipy, caching, the CLI path."""
+
+import json
+
+import chex
+import jax
+import numpy as np
+import pytest
+import scipy.special
+
+from configs import mnist_fc, mnist_grid
+from ebgan_jax import classifier, evaluate, train
+
+
+@pytest.fixture(scope='module')
+def clf(tmp_path_factory):
+  path = tmp_path_factory.mktemp('clf') / 'classifier'
+  params = classifier.init_params(jax.random.key(1))
+  classifier.save_classifier(path, params, {'test_accuracy': 0.5})
+  return path, params
+
+
+def test_score_images_against_numpy_and_scipy(clf):
+  _, params = clf
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, size=(300, 32, 32, 1)).astype(np.float32)
+  ref_feats = np.asarray(classifier.features(params, rng.uniform(-1, 1, (300, 32, 32, 1))),
+                         np.float64)
+  mu_r, sigma_r = ref_feats.mean(0), np.cov(ref_feats, rowvar=False)
+  reference = evaluate.Reference(mu_r.astype(np.float32), sigma_r.astype(np.float32), 300)
+  got = evaluate.score_images(params, images, reference)
+
+  # Independent computation in float64 from the logits.
+  logits = np.asarray(classifier.predict_logits(params, images), np.float64)
+  log_p = logits - scipy.special.logsumexp(logits, axis=1, keepdims=True)
+  p = np.exp(log_p)
+  marginal = p.mean(0)
+  i_prime = np.mean(np.sum(marginal * (np.log(marginal) - log_p), axis=1))  # KL(p(y)||p(y|x))
+  inception = np.exp(np.mean(np.sum(p * (log_p - np.log(marginal)), axis=1)))
+  feats = np.asarray(classifier.features(params, images), np.float64)
+  mu, sigma = feats.mean(0), np.cov(feats, rowvar=False)
+  # tr sqrt(S S_r) without a matrix square root: with S = A^T A / (n - 1) and
+  # S_r = B^T B / (n_r - 1) (A, B the centred features), the non-zero eigenvalues of S S_r are
+  # the squared singular values of A B^T / sqrt((n - 1)(n_r - 1)), so the trace is their sum.
+  a, b = feats - mu, ref_feats - mu_r
+  tr_sqrt = np.sum(np.linalg.svd(a @ b.T, compute_uv=False)) / np.sqrt(
+      (len(a) - 1) * (len(b) - 1))
+  fid = np.sum((mu - mu_r) ** 2) + np.trace(sigma) + np.trace(sigma_r) - 2 * tr_sqrt
+  np.testing.assert_allclose(got['i_prime'], i_prime, rtol=1e-3, atol=1e-5)
+  np.testing.assert_allclose(got['inception_score'], inception, rtol=1e-3)
+  np.testing.assert_allclose(got['fid'], fid, rtol=1e-2, atol=1e-4)
+  assert got['class_histogram'] == np.bincount(p.argmax(1), minlength=10).tolist()
+  # modes: classes with at least N / (10 K) = 300 / 100 = 3 samples.
+  assert got['modes_covered'] == int(np.sum(np.bincount(p.argmax(1), minlength=10) >= 3))
+
+
+def test_uint8_images_and_non_finite_images(clf):
+  _, params = clf
+  dim = classifier.FEATURE_DIM
+  reference = evaluate.Reference(np.zeros(dim, np.float32), np.eye(dim, dtype=np.float32), 1)
+  as_uint8 = np.full((4, 32, 32, 1), 255, np.uint8)
+  as_float = np.ones((4, 32, 32, 1), np.float32)
+  a = evaluate.score_images(params, as_uint8, reference)
+  b = evaluate.score_images(params, as_float, reference)
+  assert a['class_histogram'] == b['class_histogram']
+  chex.assert_trees_all_close(a['i_prime'], b['i_prime'])
+  nan = evaluate.score_images(params, np.full((4, 32, 32, 1), np.nan, np.float32), reference)
+  assert np.isnan(nan['i_prime']) and nan['modes_covered'] == 0
+
+
+def test_get_classifier_trains_once_then_loads(tmp_path, tfds_data_dir, monkeypatch, capsys):
+  config = mnist_grid.get_config('smoke')
+  config.tfds_data_dir = tfds_data_dir
+  config.eval.classifier_train_examples = 64
+  config.eval.classifier_batch_size = 32
+  path = tmp_path / 'classifier-mnist_10k'
+  _, meta = evaluate.get_classifier(config, path)
+  assert 0.0 <= meta['test_accuracy'] <= 1.0 and meta['num_train'] == 64
+  assert 'test accuracy' in capsys.readouterr().out
+  def fail(*args, **kwargs):
+    raise AssertionError('the cached classifier must be reused')
+  monkeypatch.setattr(classifier, 'train_classifier', fail)
+  _, again = evaluate.get_classifier(config, path)
+  assert again['test_accuracy'] == meta['test_accuracy']
+
+
+def test_evaluate_workdir_writes_json_and_tensorboard(tmp_path, tfds_data_dir, clf):
+  config = mnist_fc.get_config('ebgan')
+  config.tfds_data_dir = tfds_data_dir
+  config.model.n_layer_g, config.model.size_g, config.model.size_d = 2, 16, 8
+  config.model.latent_dim = 8
+  config.batch_size, config.total_steps = 16, 2
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(config, str(workdir))
+  result = evaluate.evaluate_workdir(workdir, classifier_dir=clf[0], num_samples=40)
+  saved = json.loads((workdir / evaluate.EVAL_FILE).read_text())
+  assert saved['step'] == 2 and saved['num_samples'] == 40
+  assert saved['classifier_test_accuracy'] == 0.5
+  assert sum(saved['class_histogram']) == 40
+  assert saved['i_prime'] == pytest.approx(result['i_prime'])
+  lines = [json.loads(l) for l in (workdir / 'logs' / 'metrics.jsonl').read_text().splitlines()]
+  assert any('eval/i_prime' in l and l['step'] == 2 for l in lines)
+  assert list((workdir / 'logs').glob('events.out.tfevents.*'))

@@ -1,0 +1,179 @@
+"""The grid search: Table 1 sweeps, the smoke grid end to end, restarts, shards, the table."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from configs import mnist_grid
+from ebgan_jax import classifier, grid, population
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+# -- sweeps ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize('variant,size', [('ebgan', 512), ('ebgan_pt', 512), ('gan', 6144),
+                                          ('margin_sweep', 8), ('smoke', 6)])
+def test_sweep_sizes_and_distinct_points(variant, size):
+  points = mnist_grid.sweep(mnist_grid.get_config(variant))
+  assert len(points) == size  # Table 1: 4*4*4*4*2 = 512 architectures; GAN x 2*2*3 = 6144.
+  assert len({grid.run_id(p) for p in points}) == size
+  assert len({p.to_json(sort_keys=True) for p in points}) == size
+
+
+def test_table1_axes_and_fixed_ebgan_settings():
+  ebgan = mnist_grid.sweep(mnist_grid.get_config('ebgan'))
+  assert {p.model.n_layer_g for p in ebgan} == {2, 3, 4, 5}
+  assert {p.model.size_g for p in ebgan} == {400, 800, 1600, 3200}
+  assert {p.model.size_d for p in ebgan} == {128, 256, 512, 1024}
+  assert {p.model.dropout_d for p in ebgan} == {True, False}
+  assert {(p.optim.optim_d, p.optim.optim_g, p.optim.lr_d, p.loss.margin, p.loss.pt_weight)
+          for p in ebgan} == {('adam', 'adam', 0.001, 10.0, 0.0)}
+  assert len({p.seed for p in ebgan}) == 512
+  pt = mnist_grid.sweep(mnist_grid.get_config('ebgan_pt'))
+  assert {p.loss.pt_weight for p in pt} == {0.1}
+  gan = mnist_grid.sweep(mnist_grid.get_config('gan'))
+  assert {(p.optim.optim_d, p.optim.optim_g, p.optim.lr_d) for p in gan} == {
+      (d, g, lr) for d in ('adam', 'sgd') for g in ('adam', 'sgd') for lr in (0.01, 0.001, 1e-4)}
+  # The same architecture starts from the same seed in every grid (paired comparisons).
+  assert sorted({p.seed for p in gan}) == sorted({p.seed for p in ebgan})
+  margins = mnist_grid.sweep(mnist_grid.get_config('margin_sweep'))
+  assert [p.loss.margin for p in margins] == [1, 2, 4, 6, 8, 12, 16, 32]
+  assert len(population.group_configs(margins)) == 1  # Figure 9 is one population.
+  seeded = mnist_grid.sweep(mnist_grid.get_config('ebgan,seeds=3'))
+  assert len(seeded) == 1536 and len(population.group_configs(seeded)) == 512
+
+
+# -- shards ---------------------------------------------------------------------------------------
+def test_shard_index_from_flags_and_scheduler_environment():
+  assert grid.shard_from_env(4, 2, environ={}) == (4, 2)
+  assert grid.shard_from_env(None, None, environ={}) == (1, 0)
+  slurm = {'SLURM_ARRAY_TASK_ID': '5', 'SLURM_ARRAY_TASK_COUNT': '8'}
+  assert grid.shard_from_env(None, None, environ=slurm) == (8, 5)
+  one_based = {'SLURM_ARRAY_TASK_ID': '8', 'SLURM_ARRAY_TASK_MIN': '1',
+               'SLURM_ARRAY_TASK_COUNT': '8'}
+  assert grid.shard_from_env(None, None, environ=one_based) == (8, 7)
+  assert grid.shard_from_env(16, None, environ={'JOB_COMPLETION_INDEX': '3'}) == (16, 3)
+  assert grid.shard_from_env(16, 1, environ={'JOB_COMPLETION_INDEX': '3'}) == (16, 1)
+  with pytest.raises(ValueError, match='outside'):
+    grid.shard_from_env(4, None, environ={'JOB_COMPLETION_INDEX': '4'})
+
+
+def test_shards_partition_the_populations():
+  points = mnist_grid.sweep(mnist_grid.get_config('gan'))
+  shards = [grid.shard_populations(points, 5, i, max_population=16) for i in range(5)]
+  runs = [i for shard in shards for group in shard for i in group]
+  assert sorted(runs) == list(range(len(points)))  # Every run once, in exactly one shard.
+  for shard in shards:
+    for group in shard:  # A population's members share shapes.
+      assert len({population.shared_signature(points[i]) for i in group}) == 1
+
+
+# -- the results table ----------------------------------------------------------------------------
+_WRITER = textwrap.dedent('''
+    import sys
+    from ebgan_jax import grid
+    path, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    for i in range(count):
+      # Rows far larger than PIPE_BUF (4 KiB): an unlocked append could interleave them.
+      grid.append_row(path, {'run_id': f'{name}-{i}', 'writer': name, 'i': i,
+                             'payload': name * 20000})
+    ''')
+
+
+def test_two_concurrent_processes_do_not_corrupt_the_table(tmp_path):
+  # Worst case: two processes append to one table at once (e.g. one shard started twice);
+  # two shards write to two files, which is easier still.
+  table = tmp_path / 'results' / 'smoke-shard0000of0001.jsonl'
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  procs = [subprocess.Popen([sys.executable, '-c', _WRITER, str(table), name, '150'], env=env)
+           for name in ('a', 'b')]
+  assert [p.wait(timeout=240) for p in procs] == [0, 0]
+  lines = table.read_bytes().splitlines()
+  assert len(lines) == 300
+  rows = [json.loads(line) for line in lines]  # Every line is one whole row.
+  for name in ('a', 'b'):
+    assert [r['i'] for r in rows if r['writer'] == name] == list(range(150))
+    assert all(r['payload'] == name * 20000 for r in rows if r['writer'] == name)
+
+
+def test_a_torn_last_line_is_skipped_and_not_glued_to_the_next_row(tmp_path):
+  table = tmp_path / 'results' / 't.jsonl'
+  grid.append_row(table, {'run_id': 'a'})
+  with open(table, 'a', encoding='utf-8') as f:
+    f.write('{"run_id": "b", "i_pr')  # A writer killed mid-line.
+  grid.append_row(table, {'run_id': 'c'})
+  assert [r['run_id'] for r in grid.read_table(table)] == ['a', 'c']
+
+
+# -- the smoke grid end to end ---------------------------------------------------------------------
+@pytest.fixture
+def fast_compiles():
+  """Tiny models, a few steps: compile time dominates, so skip most XLA optimizations."""
+  previous = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', previous)
+
+
+@pytest.fixture(scope='module')
+def untrained_classifier(tmp_path_factory):
+  """A saved (untrained) classifier: the scores need one, its quality is not tested here."""
+  path = tmp_path_factory.mktemp('clf') / 'classifier'
+  classifier.save_classifier(path, classifier.init_params(jax.random.key(0)),
+                             {'test_accuracy': 0.1})
+  return path
+
+
+def test_smoke_grid_end_to_end_restart_nan_and_merge(tmp_path, tfds_data_dir,
+                                                     untrained_classifier, fast_compiles):
+  config = mnist_grid.get_config('smoke')
+  config.tfds_data_dir = tfds_data_dir
+  points = mnist_grid.sweep(config)
+  # One GAN member diverges (SGD at lr 1e30): it must be recorded as NaN, not stop the grid,
+  # and its population partner must train normally.
+  diverging = next(p for p in points if p.loss.kind == 'gan' and p.optim.lr_d == 0.01)
+  diverging.optim.optim_d = diverging.optim.optim_g = 'sgd'
+  partner = next(p for p in points if p.loss.kind == 'gan' and p.optim.lr_d == 0.001)
+  partner.optim.optim_d = partner.optim.optim_g = 'sgd'
+  diverging.optim.lr_d = diverging.optim.lr_g = 1e30
+  ids = [grid.run_id(p) for p in points]
+  log = []
+
+  # A grid stopped after its first population (as if killed) ...
+  first = grid.run_grid(points, tmp_path, classifier_dir=untrained_classifier,
+                        max_populations=1, log=log.append)
+  assert first['trained'] == 2
+  # ... resumes: it trains only the rest, and loses nothing.
+  second = grid.run_grid(points, tmp_path, classifier_dir=untrained_classifier, log=log.append)
+  assert (second['finished_before'], second['trained']) == (2, 4)
+  third = grid.run_grid(points, tmp_path, classifier_dir=untrained_classifier, log=log.append)
+  assert third['trained'] == 0
+
+  rows = grid.read_results(tmp_path)
+  assert sorted(r['run_id'] for r in rows) == sorted(ids)
+  by_id = {r['run_id']: r for r in rows}
+  bad = by_id[grid.run_id(diverging)]
+  assert bad['nan'] and bad['nan_step'] >= 0 and np.isnan(bad['i_prime'])
+  for row in rows:
+    if row['run_id'] == bad['run_id']:
+      continue
+    assert not row['nan'], row['run_id']
+    for key in ('i_prime', 'inception_score', 'fid', 'final_d_loss', 'final_g_loss',
+                'wall_time_s'):
+      assert np.isfinite(row[key]), (row['run_id'], key)
+    assert sum(row['class_histogram']) == config.eval.num_samples
+    assert row['seed'] == next(p.seed for p in points if grid.run_id(p) == row['run_id'])
+    samples = np.load(tmp_path / grid.SAMPLES_DIR / f'{row["run_id"]}.npz')['images']
+    assert samples.shape == (config.grid.num_sample_images, 32, 32, 1)
+  assert {r['population_size'] for r in rows} == {2}
+
+  merged = grid.merge(tmp_path)
+  assert len(merged.read_text().splitlines()) == len(points)
+  assert (tmp_path / grid.MERGED_CSV).read_text().count('\n') == len(points) + 1

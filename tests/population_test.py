@@ -1,0 +1,133 @@
+"""Population training: each vmapped member gives the result it would give alone."""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import mnist_grid
+from ebgan_jax import population, sharding, step
+
+STEPS = 4
+
+
+def _config(seed, lr, margin=10.0, pt_weight=0.0, kind='ebgan', optim='adam'):
+  config = mnist_grid.get_config('smoke')
+  config.seed = seed
+  config.loss.kind, config.loss.margin, config.loss.pt_weight = kind, margin, pt_weight
+  config.optim.optim_d = config.optim.optim_g = optim
+  config.optim.lr_d = config.optim.lr_g = lr
+  return config
+
+
+def _batches(config, num):
+  rng = np.random.default_rng(0)
+  shape = (num, config.batch_size, config.image_size, config.image_size, config.channels)
+  return rng.uniform(-1, 1, size=shape).astype(np.float32)
+
+
+def _single_run(config, batches, mesh):
+  """The run alone, as train.train_and_evaluate would do it (same key split)."""
+  trainer = step.Trainer(config, STEPS)
+  init_key, train_key, _ = jax.random.split(jax.random.key(config.seed), 3)
+  state = jax.jit(trainer.create_state)(init_key)
+  train_step = step.jit_train_step(trainer, mesh)
+  history = []
+  for images in batches:
+    state, metrics = train_step(state, sharding.global_batch(images, mesh), train_key)
+    history.append(jax.device_get(metrics))
+  return jax.device_get(state), history
+
+
+def _population_run(configs, batches, mesh, corrupt=None, pop=None):
+  pop = pop or population.create_population(configs, STEPS, mesh)
+  if corrupt is not None:  # Poison one member's G params with NaN.
+    pop.state = pop.state.replace(g=pop.state.g.replace(params=jax.tree.map(
+        lambda p: p.at[corrupt].set(jnp.nan), pop.state.g.params)))
+  history = []
+  for images in batches:
+    pop.state, metrics = pop.train_step(pop.state, sharding.global_batch(images, mesh))
+    history.append(jax.device_get(metrics))
+  return pop, history
+
+
+def test_adam_members_follow_their_single_runs():
+  # Members differ in seed, learning rate, margin and lambda_PT (all per-member fields).
+  configs = [_config(0, 1e-3, margin=10.0, pt_weight=0.0),
+             _config(7, 3e-4, margin=4.0, pt_weight=0.1)]
+  mesh = sharding.make_mesh()
+  batches = _batches(configs[0], STEPS)
+  pop, pop_history = _population_run(configs, batches, mesh)
+  for i, config in enumerate(configs):
+    _, history = _single_run(config, batches, mesh)
+    for s, (alone, together) in enumerate(zip(history, pop_history)):
+      for key in ('d_loss', 'g_loss', 'energy_real', 'energy_fake', 'pt'):
+        # Why not exact: XLA computes the vmapped (batched) matmuls with another blocking and
+        # summation order than the single ones, so the two differ by float32 round-off
+        # (~1e-7 relative). Adam divides the update by sqrt(v) + eps, which for parameters whose
+        # gradient is near zero turns that round-off into O(lr) differences in the update, so
+        # after a few steps single parameters can differ visibly while every loss stays within
+        # ~1e-5 relative. The losses are what a member "gives"; parameters are compared
+        # tightly under SGD below, where updates are linear in the gradient.
+        np.testing.assert_allclose(together[key][i], alone[key], rtol=1e-4, atol=1e-5,
+                                   err_msg=f'member {i}, step {s}, {key}')
+
+
+@pytest.fixture(scope='module')
+def sgd_case():
+  """A 2-member SGD GAN population, its initial state kept (the step donates its input)."""
+  configs = [_config(0, 0.01, kind='gan', optim='sgd'), _config(3, 0.001, kind='gan',
+                                                                 optim='sgd')]
+  mesh = sharding.make_mesh()
+  pop = population.create_population(configs, STEPS, mesh)
+  initial = jax.tree.map(jnp.copy, pop.state)
+  batches = _batches(configs[0], STEPS)
+  pop, history = _population_run(configs, batches, mesh, pop=pop)
+  return configs, mesh, batches, pop, initial, history
+
+
+def test_sgd_member_params_match_their_single_runs(sgd_case):
+  configs, mesh, batches, pop, _, pop_history = sgd_case
+  for i, config in enumerate(configs):
+    state, history = _single_run(config, batches, mesh)
+    member = jax.device_get(population.member_state(pop, i))
+    # SGD's update is lr * gradient: the round-off of the batched matmuls stays round-off.
+    chex.assert_trees_all_close(member.g.params, state.g.params, atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(member.d.params, state.d.params, atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(member.d.batch_stats, state.d.batch_stats, atol=1e-5, rtol=1e-5)
+    assert int(member.step) == STEPS
+    for alone, together in zip(history, pop_history):
+      np.testing.assert_allclose(together['d_loss'][i], alone['d_loss'], rtol=1e-5, atol=1e-6)
+
+
+def test_a_nan_member_leaves_the_others_untouched(sgd_case):
+  configs, mesh, batches, clean, initial, clean_history = sgd_case
+  poisoned = dataclasses.replace(clean, state=jax.tree.map(jnp.copy, initial))  # Donated below.
+  poisoned, poisoned_history = _population_run(configs, batches, mesh, corrupt=1, pop=poisoned)
+  assert not np.isfinite(poisoned_history[-1]['g_loss'][1])
+  # Member 0 is bit-for-bit what it is in the clean population: vmap never mixes members.
+  chex.assert_trees_all_equal(population.member_state(poisoned, 0).g.params,
+                              population.member_state(clean, 0).g.params)
+  for a, b in zip(clean_history, poisoned_history):
+    assert a['d_loss'][0] == b['d_loss'][0]
+
+
+def test_group_configs_groups_equal_shapes_and_splits_large_groups():
+  configs = [_config(s, lr) for s in range(3) for lr in (1e-3, 1e-4)]
+  other = _config(0, 1e-3)
+  other.model.size_d = 16  # Another shape: another population.
+  groups = population.group_configs(configs + [other], max_size=4)
+  assert sorted(map(len, groups)) == [1, 2, 4]
+  assert [6] in groups
+  with pytest.raises(ValueError, match='differ only'):
+    population.create_population([configs[0], other], STEPS)
+
+
+def test_member_configs_keep_their_hyperparameters(sgd_case):
+  _, _, _, _, initial, _ = sgd_case
+  np.testing.assert_allclose(initial.d.opt_state.hyperparams['learning_rate'], [0.01, 0.001])
+  np.testing.assert_allclose(initial.g.opt_state.hyperparams['learning_rate'], [0.01, 0.001])
+  np.testing.assert_allclose(initial.hparams['margin'], [10.0, 10.0])
