@@ -12,6 +12,6 @@ python3 -m experiments.benchmark --configs=gan,ebgan,ebgan_pt --batch_sizes=64,2
   --seconds=4 --population_sizes=1,4,16,64,128 --json="$out/fc.json"
 # Convolutional configs in bf16 (Sec. 4.3, 4.4).
 if [ -f configs/celeba.py ]; then
-  python3 -m experiments.benchmark --dtype=bfloat16 --seconds=4 --batch_sizes=64,256 \
+  python3 -m experiments.benchmark --dtype=bfloat16 --seconds=4 --batch_sizes=64,256 --chip_peak_tflops=989 \
     --configs=celeba:ebgan_pt,lsun_bedroom:ebgan_pt,imagenet128:ebgan_pt --json="$out/conv.json"
 fi

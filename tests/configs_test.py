@@ -105,11 +105,13 @@ _NO_SWEEP = pytest.param(None, marks=pytest.mark.skip(reason='no config defines 
 
 @pytest.mark.parametrize('name', _modules_with('sweep') or [_NO_SWEEP])
 def test_sweep_yields_distinct_settings(name):
+  # A sweep module maps a config to the list of its grid points' configs (configs/mnist_grid.py).
   module = importlib.import_module(f'configs.{name}')
-  settings = []
-  module.sweep(lambda *args, **kwargs: settings.append(repr((args, sorted(kwargs.items())))))
-  assert settings, f'{name}.sweep added nothing'
-  assert len(set(settings)) == len(settings), f'{name}.sweep repeats a setting'
+  for variant in getattr(module, 'VARIANTS', (None,)):
+    points = module.sweep(_load(name, variant))
+    assert points, f'{name}:{variant} sweep gave nothing'
+    as_json = [p.to_json_best_effort(sort_keys=True) for p in points]
+    assert len(set(as_json)) == len(as_json), f'{name}:{variant} sweep repeats a point'
 
 
 # -- Figure 4 (App. C) -------------------------------------------------------------------------
