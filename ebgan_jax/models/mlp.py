@@ -27,10 +27,11 @@ BN_EPSILON = 1e-5   # Torch's BatchNorm default.
 DROPOUT_RATE = 0.5  # Table 1 says only "dropoutD: true/false"; 0.5 is the usual rate.
 
 
-def batch_norm(train: bool, name: str, use_scale: bool = True) -> nn.BatchNorm:
-  """BatchNorm over the batch axis; under `jax.jit` on a mesh the statistics are global."""
+def batch_norm(train: bool, name: str, use_scale: bool = True, dtype=None) -> nn.BatchNorm:
+  """BatchNorm over the batch (and spatial) axes; under `jax.jit` on a mesh the statistics are
+  global. `dtype` is the output's (statistics are always computed in float32)."""
   return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                      use_scale=use_scale, name=name)
+                      use_scale=use_scale, dtype=dtype, name=name)
 
 
 class MLPGenerator(nn.Module):

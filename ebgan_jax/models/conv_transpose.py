@@ -1,0 +1,224 @@
+"""Stride-2, 4x4 (de)convolutions, the "4c2s" layers of App. C, with backend-specific lowerings.
+
+Every up- and down-sampling layer of the deep convolutional models (Sec. 4.3, 4.4, App. C) is
+a "(n)4c2s" layer: kernel 4, stride 2, padding 1, so it exactly halves (convolution, encoder)
+or doubles (fractional-strided convolution, generator and decoder) the spatial size.
+
+`ConvTranspose2x` keeps `nn.ConvTranspose`'s parameters (`kernel` [4, 4, C_in, C_out] and
+`bias` [C_out]) and computes exactly `jax.lax.conv_transpose(x, kernel, (2, 2), 'SAME')`
+(flax's convention, `transpose_kernel=False`; PyTorch's `ConvTranspose2d(k=4, s=2, p=1)` is
+the same map with a spatially flipped kernel). Its lowering is picked per backend:
+
+- 'lax': `lax.conv_transpose`, i.e. a stride-1 convolution of the zero-dilated input. cuDNN
+  runs it (and both its gradients) as native backward-data/backward-filter kernels.
+- 'subpixel': the phase decomposition. Output pixel (2m + a, 2l + b) only ever meets the
+  kernel taps K[a::2, b::2] (a 2x2 sub-kernel), applied to input rows m - 1 + a, m + a and
+  columns l - 1 + b, l + b. Embedding the four sub-kernels in one 3x3 kernel with 4 * C_out
+  outputs gives a stride-1 SAME convolution of the *undilated* input followed by
+  depth-to-space. It does 9/4 of the multiply-adds that are needed (the zero taps), but it is
+  a single plain convolution, whose gradients XLA:CPU handles well.
+
+`Conv2x` is the encoder's "4c2s" convolution with `nn.Conv`'s parameters; on CPU it lowers to
+a space-to-depth reshuffle plus one matrix product (an exact im2col of the 4x4 stride-2
+windows), on other backends to `lax.conv_general_dilated`.
+
+Measurements (this repo's 2-core CPU container, XLA:CPU, jax 0.10.2, float32, batch 64,
+forward + backward w.r.t. input and kernel, best of several runs):
+
+  ConvTranspose2x   in -> out, C_in -> C_out      'lax'     'subpixel'
+                    4 ->  8,   512 -> 256         1.20 s    0.40 s
+                    8 -> 16,   256 -> 128         1.49 s    0.15 s
+                   16 -> 32,   128 ->  64         4.01 s    0.25 s
+                   32 -> 64,    64 ->   3         0.10 s    0.08 s
+
+The weight gradient of the lhs-dilated convolution is what XLA:CPU handles badly. See
+`experiments/conv_benchmark.py` for the whole-model numbers that set the 'auto' choices below.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
+
+Impl = Literal['auto', 'lax', 'subpixel']
+ConvImpl = Literal['auto', 'lax', 'space_to_depth']
+
+_DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
+# lax.conv_transpose padding of the dilated input giving out = 2 * in for a 4x4 kernel,
+# stride 2 (what 'SAME' resolves to; PyTorch's p=1 maps to k - 1 - p = 2 here).
+_TRANSPOSE_PADDING = ((2, 2), (2, 2))
+_CONV_PADDING = ((1, 1), (1, 1))  # "4c2s" convolution: padding 1, out = in / 2.
+
+# 'auto' choices, per backend (see the module docstring and experiments/conv_benchmark.py).
+# GPU/TPU: not measured here; cuDNN (and the TPU convolution emitter) implement strided
+# transposed convolutions and their gradients natively, so the plain lowering is kept.
+_AUTO_TRANSPOSE_IMPL = {'cpu': 'subpixel'}
+_AUTO_CONV_IMPL = {'cpu': 'lax'}
+
+
+def resolve_impl(impl: str, table: dict[str, str], backend: str | None = None) -> str:
+  """Turns 'auto' into the lowering chosen for `backend` (default: jax's default backend)."""
+  if impl != 'auto':
+    return impl
+  return table.get(backend or jax.default_backend(), 'lax')
+
+
+def conv_transpose_2x_lax(x: jax.Array, kernel: jax.Array, precision: Any = None) -> jax.Array:
+  """"4c2s" transposed convolution via `lax.conv_transpose`.
+
+  Args:
+    x: [B, H, W, C_in].
+    kernel: [4, 4, C_in, C_out], flax's (non-flipped) `ConvTranspose` layout.
+    precision: passed to the convolution.
+  Returns:
+    [B, 2H, 2W, C_out].
+  """
+  return jax.lax.conv_transpose(x, kernel, (2, 2), _TRANSPOSE_PADDING,
+                                dimension_numbers=_DIMENSION_NUMBERS, precision=precision)
+
+
+def subpixel_kernel(kernel: jax.Array) -> jax.Array:
+  """Embeds the four 2x2 phase sub-kernels of a 4x4 kernel in one 3x3 kernel.
+
+  Derivation (1-D; the 2-D case is the product): lax.conv_transpose dilates x to d (d[2i] =
+  x[i], zeros between), pads it by 2 and correlates it with K, so y[o] = sum_k d[o + k - 2]
+  K[k]. For o = 2m only even taps meet a sample: y[2m] = K[0] x[m-1] + K[2] x[m]; for
+  o = 2m + 1 only odd ones: y[2m+1] = K[1] x[m] + K[3] x[m+1]. On the 3-tap window
+  (x[m-1], x[m], x[m+1]) phase a = 0 has weights (K0, K2, 0) and phase a = 1 (0, K1, K3):
+  sub-kernel K[a::2] placed at window offset a.
+
+  Args:
+    kernel: [4, 4, C_in, C_out].
+  Returns:
+    [3, 3, C_in, 4 * C_out], output channels ordered (a, b, C_out) for phase (a, b).
+  """
+  c_in, c_out = kernel.shape[2:]
+  phases = []
+  for a in range(2):
+    for b in range(2):
+      sub = kernel[a::2, b::2]  # [2, 2, C_in, C_out]
+      phases.append(jnp.pad(sub, ((a, 1 - a), (b, 1 - b), (0, 0), (0, 0))))  # [3, 3, C_in, C_out]
+  return jnp.stack(phases, axis=-2).reshape(3, 3, c_in, 4 * c_out)
+
+
+def conv_transpose_2x_subpixel(x: jax.Array, kernel: jax.Array,
+                               precision: Any = None) -> jax.Array:
+  """"4c2s" transposed convolution as a 3x3 stride-1 convolution plus depth-to-space.
+
+  Same function as `conv_transpose_2x_lax` (see `subpixel_kernel` for the derivation).
+  """
+  batch, height, width, _ = x.shape
+  c_out = kernel.shape[-1]
+  y = jax.lax.conv_general_dilated(x, subpixel_kernel(kernel), (1, 1), _CONV_PADDING,
+                                   dimension_numbers=_DIMENSION_NUMBERS,
+                                   precision=precision)  # [B, H, W, 4 * C_out]
+  y = y.reshape(batch, height, width, 2, 2, c_out)      # [B, m, l, a, b, C_out]
+  y = y.transpose(0, 1, 3, 2, 4, 5)                     # [B, m, a, l, b, C_out]
+  return y.reshape(batch, 2 * height, 2 * width, c_out)  # row 2m + a, column 2l + b
+
+
+def conv_2x_lax(x: jax.Array, kernel: jax.Array, precision: Any = None) -> jax.Array:
+  """"4c2s" convolution: [B, H, W, C_in] -> [B, H/2, W/2, C_out], kernel [4, 4, C_in, C_out]."""
+  return jax.lax.conv_general_dilated(x, kernel, (2, 2), _CONV_PADDING,
+                                      dimension_numbers=_DIMENSION_NUMBERS, precision=precision)
+
+
+def conv_2x_space_to_depth(x: jax.Array, kernel: jax.Array, precision: Any = None) -> jax.Array:
+  """"4c2s" convolution as space-to-depth and one matrix product (exact im2col).
+
+  With xp the input padded by 1, y[o] = sum_k xp[2o + k] K[k]. Writing k = 2u + a
+  (u, a in {0, 1}) and splitting xp into 2-pixel blocks s[j, a] = xp[2j + a] turns the
+  window of output o into the blocks j = o and j = o + 1; the 16 taps of each window are
+  gathered with four block shifts, then contracted with K in a single dot.
+
+  Args:
+    x: [B, H, W, C_in], H and W even.
+    kernel: [4, 4, C_in, C_out].
+    precision: passed to the dot.
+  Returns:
+    [B, H/2, W/2, C_out].
+  """
+  batch, height, width, c_in = x.shape
+  if height % 2 or width % 2:
+    raise ValueError(f'Conv2x needs an even spatial size, got {height}x{width}.')
+  c_out = kernel.shape[-1]
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  h, w = height // 2, width // 2
+  blocks = xp.reshape(batch, h + 1, 2, w + 1, 2, c_in)  # [B, j, a, i, b, C_in]
+  windows = jnp.stack([blocks[:, u:u + h, :, v:v + w] for u in range(2) for v in range(2)])
+  windows = windows.reshape(2, 2, batch, h, 2, w, 2, c_in)  # [u, v, B, o, a, q, b, C_in]
+  windows = windows.transpose(2, 3, 5, 0, 4, 1, 6, 7)        # [B, o, q, u, a, v, b, C_in]
+  y = jnp.dot(windows.reshape(batch * h * w, 16 * c_in), kernel.reshape(16 * c_in, c_out),
+              precision=precision)  # taps in (4x4 row 2u + a, column 2v + b, C_in) order
+  return y.reshape(batch, h, w, c_out)
+
+
+_TRANSPOSE_IMPLS = {'lax': conv_transpose_2x_lax, 'subpixel': conv_transpose_2x_subpixel}
+_CONV_IMPLS = {'lax': conv_2x_lax, 'space_to_depth': conv_2x_space_to_depth}
+
+
+class ConvTranspose2x(nn.Module):
+  """"(features)4c2s" fractional-strided convolution (App. C): [B, H, W, C] -> [B, 2H, 2W, F].
+
+  Same parameters and function as `nn.ConvTranspose(features, (4, 4), strides=(2, 2),
+  padding='SAME')`; `impl` only changes how XLA computes it ('auto': 'subpixel' on CPU,
+  'lax' elsewhere; see the module docstring).
+  """
+  features: int
+  use_bias: bool = True
+  impl: Impl = 'auto'
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Maps x [B, H, W, C_in] to [B, 2H, 2W, features]."""
+    impl = resolve_impl(self.impl, _AUTO_TRANSPOSE_IMPL)
+    if impl not in _TRANSPOSE_IMPLS:
+      raise ValueError(f"ConvTranspose2x impl must be 'auto' or one of "
+                       f'{sorted(_TRANSPOSE_IMPLS)}, got {self.impl!r}.')
+    kernel = self.param('kernel', self.kernel_init, (4, 4, x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = _TRANSPOSE_IMPLS[impl](x, kernel, self.precision)  # [B, 2H, 2W, F]
+    return y + bias if bias is not None else y
+
+
+class Conv2x(nn.Module):
+  """"(features)4c2s" strided convolution (App. C): [B, H, W, C] -> [B, H/2, W/2, F].
+
+  Same parameters and function as `nn.Conv(features, (4, 4), strides=(2, 2),
+  padding=((1, 1), (1, 1)))`; `impl` only changes how XLA computes it.
+  """
+  features: int
+  use_bias: bool = True
+  impl: ConvImpl = 'auto'
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Maps x [B, H, W, C_in] to [B, H/2, W/2, features]."""
+    impl = resolve_impl(self.impl, _AUTO_CONV_IMPL)
+    if impl not in _CONV_IMPLS:
+      raise ValueError(f"Conv2x impl must be 'auto' or one of {sorted(_CONV_IMPLS)}, "
+                       f'got {self.impl!r}.')
+    kernel = self.param('kernel', self.kernel_init, (4, 4, x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = _CONV_IMPLS[impl](x, kernel, self.precision)  # [B, H/2, W/2, F]
+    return y + bias if bias is not None else y
