@@ -35,7 +35,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
 
 INPUT_SIZE = 299
 MIN_INPUT_SIZE = 75  # The smallest input the network's valid convolutions and pools accept.
@@ -237,10 +236,22 @@ def load_variables(path: str | pathlib.Path) -> dict[str, Any]:
   return out
 
 
-def init_variables(key: jax.Array) -> dict[str, Any]:
-  """Random {'params', 'batch_stats'} (flax initialisers): for tests, not for scores."""
-  x = jnp.zeros((1, MIN_INPUT_SIZE, MIN_INPUT_SIZE, 3))
-  return jax.jit(InceptionV3().init)(key, x)
+def init_variables(seed: int = 0) -> dict[str, Any]:
+  """Random {'params', 'batch_stats'}, for tests (not for scores): He-normal kernels, so the
+  activations keep their scale through the ReLUs; BN as the identity. Built with numpy from
+  the abstract shapes (no compile)."""
+  shapes = jax.eval_shape(InceptionV3().init, jax.random.key(0),
+                          jnp.zeros((1, MIN_INPUT_SIZE, MIN_INPUT_SIZE, 3)))
+  rng = np.random.RandomState(seed)
+
+  def fill(key_path, leaf):
+    name = key_path[-1].key
+    if name == 'kernel':
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      return rng.normal(0.0, np.sqrt(2.0 / fan_in), leaf.shape).astype(np.float32)
+    return np.full(leaf.shape, 1.0 if name in ('scale', 'var') else 0.0, np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def save_variables(variables: dict[str, Any], path: str | pathlib.Path) -> None:
@@ -275,7 +286,13 @@ class FeatureExtractor:
     """images [N, H, W, 3] (uint8, or floats in [-1, 1]) -> float64 features [N, 2048]."""
     out = []
     for start in range(0, len(images), self.batch_size):
-      out.append(np.asarray(self._apply(self.variables, images[start:start + self.batch_size])))
+      batch = np.asarray(images[start:start + self.batch_size])
+      if batch.dtype == np.uint8:  # On the host: uint8 and float inputs share one compile.
+        batch = batch.astype(np.float32) / 127.5 - 1.0
+      n = len(batch)
+      if n < self.batch_size:  # Pad the last batch: one compiled shape.
+        batch = np.concatenate([batch, np.repeat(batch[-1:], self.batch_size - n, axis=0)])
+      out.append(np.asarray(self._apply(self.variables, batch))[:n])
     return np.concatenate(out).astype(np.float64)
 
 
@@ -285,23 +302,30 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
+def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
+  """The symmetric square root of a symmetric PSD matrix (eigenvalues clipped at 0)."""
+  w, v = np.linalg.eigh(matrix)
+  return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
-                     sigma2: np.ndarray, eps: float = 1e-6) -> float:
+                     sigma2: np.ndarray) -> float:
   """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians, in float64.
 
-  As pytorch-fid: `scipy.linalg.sqrtm`, with `eps` added to the diagonals when the product
-  is singular, and the imaginary round-off dropped.
+  Tr((S1 S2)^(1/2)) is computed as Tr((S1^(1/2) S2 S1^(1/2))^(1/2)) - the same number, since
+  both products have the same eigenvalues - with symmetric eigendecompositions: exact for
+  PSD covariances, also singular ones (fewer samples than dimensions), and much faster than
+  the general `scipy.linalg.sqrtm` that pytorch-fid uses (no imaginary round-off to drop).
   """
   mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
-  sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(
-      np.float64)
+  sigma1 = np.atleast_2d(sigma1).astype(np.float64)
+  sigma2 = np.atleast_2d(sigma2).astype(np.float64)
   diff = mu1 - mu2
-  covmean, _ = scipy.linalg.sqrtm(sigma1 @ sigma2, disp=False)
-  if not np.isfinite(covmean).all():
-    offset = np.eye(sigma1.shape[0]) * eps
-    covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-  covmean = np.real(covmean)
-  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+  root1 = _sqrt_psd(sigma1)
+  inner = root1 @ sigma2 @ root1
+  eigenvalues = np.linalg.eigvalsh((inner + inner.T) / 2)
+  trace_sqrt = np.sum(np.sqrt(np.clip(eigenvalues, 0.0, None)))
+  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
 
 
 def fid(features1: np.ndarray, features2: np.ndarray) -> float:
