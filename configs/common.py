@@ -114,6 +114,7 @@ def conv_config(arg: ml_collections.ConfigDict, *, dataset: str, family: str, im
   config.resize_size = 0         # input_pipeline: resize the square to this (0: image_size).
   config.random_crop = False     # input_pipeline: random image_size crops per epoch (App. F).
   config.ema_decay = 0.0         # Generator EMA (beyond the paper); 0 = off.
+  config.inception_weights = ''  # FID Inception weights file (ebgan_jax/inception.py).
 
   model = config.model
   model.family = family

@@ -20,6 +20,13 @@ renaming:
 `Mixed_5b.branch5x5_1.conv.weight` ([out, in, kh, kw]) and `Mixed_5b.branch5x5_1.bn.
 running_var`; unused keys (the classifier `fc.*`, `num_batches_tracked`) are ignored.
 
+A trained run's FID against its training data (real images from the train split, as usual for
+LSUN and CelebA; the generator's EMA params when the run keeps them):
+
+    python -m ebgan_jax.inception --workdir=DIR --weights=inception_fid.npz --num=10000
+
+(`--weights` defaults to the run's `config.inception_weights`).
+
 Preprocessing as pytorch-fid: images in [-1, 1] are resized to 299x299 (bilinear, no
 antialiasing, half-pixel centres as PyTorch's `align_corners=False`); the network sees [-1, 1].
 """
@@ -35,6 +42,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
+
+from ebgan_jax import input_pipeline, sample
 
 INPUT_SIZE = 299
 MIN_INPUT_SIZE = 75  # The smallest input the network's valid convolutions and pools accept.
@@ -331,3 +341,41 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
 def fid(features1: np.ndarray, features2: np.ndarray) -> float:
   """FID between two sets of Inception features [N1, D] and [N2, D]."""
   return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))
+
+
+def fid_of_run(workdir: str, weights: str = '', num: int = 10_000, seed: int = 0,
+               batch_size: int = 200) -> tuple[float, int]:
+  """(FID of `num` generated images against `num` train images, the checkpoint's step).
+
+  `weights` defaults to the run's `config.inception_weights`.
+  """
+  trainer, state, restored_step = sample.load_generator(workdir)
+  config = trainer.config
+  weights = weights or config.get('inception_weights', '')
+  if not weights:
+    raise ValueError('No Inception weights: pass --weights=FILE.npz or set '
+                     'config.inception_weights (see ebgan_jax/inception.py for the file).')
+  extractor = FeatureExtractor.from_file(weights, batch_size=batch_size)
+  fake = extractor(sample.generate_images(trainer, state, num, jax.random.key(seed)))
+  real_batches = input_pipeline.train_batches(config, process_index=0, process_count=1)
+  real, count = [], 0
+  while count < num:
+    batch = next(real_batches)
+    real.append(extractor(batch))
+    count += len(batch)
+  return fid(np.concatenate(real)[:num], fake), restored_step
+
+
+def main(argv):
+  del argv
+  value, restored_step = fid_of_run(FLAGS.workdir, FLAGS.weights, FLAGS.num, FLAGS.seed)
+  print(f'FID ({FLAGS.num} images, checkpoint step {restored_step}): {value:.3f}')
+
+
+if __name__ == '__main__':
+  flags.DEFINE_string('workdir', None, 'Workdir of a trained run.', required=True)
+  flags.DEFINE_string('weights', '', 'FID Inception weights (.npz/.pkl, PyTorch names).')
+  flags.DEFINE_integer('num', 10_000, 'Number of generated and of real images.')
+  flags.DEFINE_integer('seed', 0, 'Seed of the latents.')
+  FLAGS = flags.FLAGS
+  app.run(main)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ebgan_jax import checkpoint, input_pipeline, sharding, step, train
+from ebgan_jax import checkpoint, inception, input_pipeline, sharding, step, train
 
 MOCK_EXAMPLES = 8
 
@@ -53,12 +53,18 @@ def test_lsun_patches_and_dog_subset_settings():
 def test_celeba_tiny_trains_with_train_and_evaluate(tfds_data_dir, tmp_path):
   config = _load('celeba', 'ebgan_pt,tiny', tfds_data_dir)
   config.ema_decay = 0.5  # samples and checkpoints with the generator EMA
+  weights = tmp_path / 'inception_random.npz'
+  inception.save_variables(inception.init_variables(0), weights)
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    state = train.train_and_evaluate(config, str(tmp_path))
+    state = train.train_and_evaluate(config, str(tmp_path / 'run'))
+    # FID of the run (EMA samples) against its mock train images, random Inception weights.
+    value, fid_step = inception.fid_of_run(str(tmp_path / 'run'), str(weights), num=4,
+                                           batch_size=4)
+  assert fid_step == 3 and np.isfinite(value) and value > 0
   assert int(state.step) == config.total_steps == 3
   assert all(np.isfinite(x).all() for x in jax.tree.leaves((state.g.params, state.g_ema)))
-  assert (tmp_path / 'samples' / 'step_0000003.png').exists()
-  assert (tmp_path / 'checkpoints' / '3').exists()
+  assert (tmp_path / 'run' / 'samples' / 'step_0000003.png').exists()
+  assert (tmp_path / 'run' / 'checkpoints' / '3').exists()
 
 
 @pytest.mark.parametrize('name,arg', [('imagenet128', 'dcgan,tiny'), ('imagenet256', 'ebgan,tiny')])
