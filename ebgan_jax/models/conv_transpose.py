@@ -9,8 +9,8 @@ or doubles (fractional-strided convolution, generator and decoder) the spatial s
 (flax's convention, `transpose_kernel=False`; PyTorch's `ConvTranspose2d(k=4, s=2, p=1)` is
 the same map with a spatially flipped kernel). Its lowering is picked per backend:
 
-- 'lax': `lax.conv_transpose`, i.e. a stride-1 convolution of the zero-dilated input. cuDNN
-  runs it (and both its gradients) as native backward-data/backward-filter kernels.
+- 'lax': `lax.conv_transpose`, i.e. a stride-1 convolution of the zero-dilated input. On GPU
+  XLA hands it (and its gradients) to cuDNN's backward-data/backward-filter convolutions.
 - 'subpixel': the phase decomposition. Output pixel (2m + a, 2l + b) only ever meets the
   kernel taps K[a::2, b::2] (a 2x2 sub-kernel), applied to input rows m - 1 + a, m + a and
   columns l - 1 + b, l + b. Embedding the four sub-kernels in one 3x3 kernel with 4 * C_out
@@ -18,12 +18,13 @@ the same map with a spatially flipped kernel). Its lowering is picked per backen
   depth-to-space. It does 9/4 of the multiply-adds that are needed (the zero taps), but it is
   a single plain convolution, whose gradients XLA:CPU handles well.
 
-`Conv2x` is the encoder's "4c2s" convolution with `nn.Conv`'s parameters; on CPU it lowers to
-a space-to-depth reshuffle plus one matrix product (an exact im2col of the 4x4 stride-2
-windows), on other backends to `lax.conv_general_dilated`.
+`Conv2x` is the encoder's "4c2s" convolution with `nn.Conv`'s parameters: 'lax'
+(`lax.conv_general_dilated`, the default everywhere) or 'space_to_depth' (a space-to-depth
+reshuffle plus one matrix product, an exact im2col of the 4x4 stride-2 windows).
 
-Measurements (this repo's 2-core CPU container, XLA:CPU, jax 0.10.2, float32, batch 64,
-forward + backward w.r.t. input and kernel, best of several runs):
+Measurements (this repo's 2-core CPU container shared with other jobs, so +-30% noise;
+XLA:CPU, jax 0.10.2, float32, batch 64, forward + backward w.r.t. input and kernel, best of
+2-4 runs):
 
   ConvTranspose2x   in -> out, C_in -> C_out      'lax'     'subpixel'
                     4 ->  8,   512 -> 256         1.20 s    0.40 s
@@ -31,8 +32,22 @@ forward + backward w.r.t. input and kernel, best of several runs):
                    16 -> 32,   128 ->  64         4.01 s    0.25 s
                    32 -> 64,    64 ->   3         0.10 s    0.08 s
 
-The weight gradient of the lhs-dilated convolution is what XLA:CPU handles badly. See
-`experiments/conv_benchmark.py` for the whole-model numbers that set the 'auto' choices below.
+  Whole 64x64 models (`python -m experiments.conv_benchmark`, heavier load: load average 11):
+    generator          'lax' 55.1 s/step (1.2 img/s)   'subpixel' 3.3 s/step (19.3 img/s)
+    auto-encoder D     'lax' 48.2 s/step (1.3 img/s)   'subpixel' 2.8 s/step (22.6 img/s)
+
+The weight gradient of the lhs-dilated convolution is what XLA:CPU handles badly, so 'auto'
+is 'subpixel' on CPU. An exact-FLOP variant (one 2x2 convolution of the 1-padded input with
+4 * C_out outputs, each phase sliced out at its offset) was also timed: faster on the 512-
+and 256-channel layers (0.37 s, 0.49 s vs 0.51 s, 0.67 s under load), 3x slower on the
+3-channel output layer (0.30 s vs 0.10 s) and about even in total, so the simpler 3x3 form
+is kept.
+
+`Conv2x`, space-to-depth vs 'lax': 0.11 s vs 0.31 s on the 64x64, 3 -> 64 input layer, within
+noise on the others; whole models: AE D (with the subpixel decoder) 2.94 s vs 2.83 s and
+3.08 s vs 3.90 s in two runs, binary D 1.62 s vs 2.16 s and 1.09 s vs 1.05 s. No reliable
+gain, so 'auto' keeps `lax.conv_general_dilated` on every backend; 'space_to_depth' stays
+available (and tested) for machines where it measures faster.
 """
 
 from __future__ import annotations
@@ -54,8 +69,10 @@ _TRANSPOSE_PADDING = ((2, 2), (2, 2))
 _CONV_PADDING = ((1, 1), (1, 1))  # "4c2s" convolution: padding 1, out = in / 2.
 
 # 'auto' choices, per backend (see the module docstring and experiments/conv_benchmark.py).
-# GPU/TPU: not measured here; cuDNN (and the TPU convolution emitter) implement strided
-# transposed convolutions and their gradients natively, so the plain lowering is kept.
+# GPU/TPU: not measured. XLA:GPU lowers the lhs-dilated convolution to cuDNN's backward-data
+# kernel and its weight gradient to backward-filter, with no explicit zeros, so 'lax' does the
+# minimum of work there, while 'subpixel' spends 9/4 of the multiply-adds; the plain lowering
+# is kept until `experiments/conv_benchmark.py` says otherwise on that hardware.
 _AUTO_TRANSPOSE_IMPL = {'cpu': 'subpixel'}
 _AUTO_CONV_IMPL = {'cpu': 'lax'}
 

@@ -27,7 +27,8 @@ BN_EPSILON = 1e-5   # Torch's BatchNorm default.
 DROPOUT_RATE = 0.5  # Table 1 says only "dropoutD: true/false"; 0.5 is the usual rate.
 
 
-def batch_norm(train: bool, name: str, use_scale: bool = True, dtype=None) -> nn.BatchNorm:
+def batch_norm(train: bool, name: str, use_scale: bool = True,
+               dtype: jnp.dtype | None = None) -> nn.BatchNorm:
   """BatchNorm over the batch (and spatial) axes; under `jax.jit` on a mesh the statistics are
   global. `dtype` is the output's (statistics are always computed in float32)."""
   return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
