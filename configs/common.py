@@ -110,6 +110,7 @@ def conv_config(arg: ml_collections.ConfigDict, *, dataset: str, family: str, im
   config.batch_size = 64         # Radford et al. (2015): mini-batch 64.
   config.cache = False           # These datasets do not fit in host memory as float32.
   config.shuffle_buffer = 10_000  # A window shuffle; the full datasets are too large to hold.
+  config.image_folder = ''       # A folder of JPEG/PNG files to train on instead of `dataset`.
   config.center_crop = 0         # input_pipeline: side of the central square (0: shorter side).
   config.resize_size = 0         # input_pipeline: resize the square to this (0: image_size).
   config.random_crop = False     # input_pipeline: random image_size crops per epoch (App. F).
