@@ -47,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.dataset = 'mnist_10k'
   config.data_dir = ''
   config.tfds_data_dir = ''  # Where tfds keeps prepared data; '' = tfds's default.
-  config.image_size = 32     # App. E: the grid search uses MNIST zero-padded to 32x32.
+  config.image_size = 32     # App. D "Other details": the grid search pads MNIST to 32x32.
   config.channels = 1
   config.batch_size = 64     # Global batch, split across processes and devices.
 

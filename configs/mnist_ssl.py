@@ -6,13 +6,19 @@ Variants (`--config=configs/mnist_ssl.py:VARIANT[,num_labelled=N][,runlocal]`):
   ebgan_ln  Table 2 row 4: the same Ladder Network as EBGAN's discriminator, its per-sample
             bottom-layer reconstruction cost as the energy (App. D, "EBGAN-LN model").
 Options: num_labelled in {100, 200, 1000} (Table 2's columns); runlocal: a short CPU run on the
-embedded 8,000/2,000-digit MNIST subset. Table 2 averages 15 seeds: vary --config.seed and
---config.ssl.labelled_seed together over range(NUM_SEEDS).
+embedded 8,000/2,000-digit MNIST subset; total_steps=N: App. D's schedule scaled to N steps
+(`scale_schedule`: the margin reaches 0 and G stops at N/3 for EBGAN-LN, the learning rates
+decay linearly to 0 from 2N/3, as in the paper's 60k/180k and 120k/180k, 80k/120k).
+Table 2 averages 15 seeds: vary --config.seed and --config.ssl.labelled_seed together over
+range(NUM_SEEDS) (experiments/semi_supervised.py --seeds=15 does).
 
 Examples:
-  python -m ebgan_jax.main --config=configs/mnist_ssl.py:ebgan_ln,runlocal --workdir=/tmp/ln
-  python -m ebgan_jax.main --config=configs/mnist_ssl.py:ebgan_ln,num_labelled=1000 \
-      --config.dataset=mnist --workdir=/tmp/ebgan_ln_1000
+  python -m experiments.semi_supervised --config=configs/mnist_ssl.py:ebgan_ln,runlocal \
+      --workdir=/tmp/ln
+  python -m experiments.semi_supervised --config=configs/mnist_ssl.py:ebgan_ln,num_labelled=1000 \
+      --workdir=/tmp/ebgan_ln_1000
+  python -m experiments.semi_supervised --config=configs/mnist_ssl.py:ladder --seeds=15 \
+      --num_labelled=100,200,1000 --workdir=/tmp/table2_ladder
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ NUM_SEEDS = 15                   # Table 2: "averaged over 15 different random s
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Ladder (App. D baseline) or EBGAN-LN (App. D) on PI-MNIST with `num_labelled` labels."""
-  arg = common.parse_arg(arg, variant='ebgan_ln', num_labelled=100, runlocal=False)
+  arg = common.parse_arg(arg, variant='ebgan_ln', num_labelled=100, runlocal=False,
+                         total_steps=0)
   if arg.variant not in VARIANTS:
     raise ValueError(f'Unknown variant {arg.variant!r}: use one of {VARIANTS}.')
   if arg.num_labelled not in NUM_LABELLED and not arg.runlocal:
@@ -60,6 +67,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # unlabelled real images do to get their energy) or the clean one. Choice: corrupted, so
   # real and generated energies are the same function (Eq. 1 compares them); paper silent.
   config.ssl.fake_through_corrupted = True
+  # EBGAN-LN only: whether D's passes over generated samples update the clean path's BN
+  # running statistics (the test-time classifier's). Choice: no, the test classifier normalizes
+  # with real-image statistics only; the paper is silent. (The batch statistics used in the
+  # training pass are the fake batch's own either way, as Rasmus et al. normalize each part of
+  # a minibatch separately.)
+  config.ssl.fake_updates_batch_stats = False
+  # Whether the labelled examples are also in the unlabelled set. Rasmus et al.'s code uses
+  # every training image as an unlabelled one (see ssl_data); the paper is silent.
+  config.ssl.unlabelled_includes_labelled = True
+  config.ssl.eval_batch_size = 1000  # Test-set batches for the error rate (clean path).
+  # Devices the batches are split over; 0 = all. App. D's batch of 100 does not split over 8
+  # devices: use 4 (or 1 and one seed per device) there.
+  config.ssl.num_devices = 0
 
   model = config.model
   # App. D: 784-1000-500-250-250-250, then the 10-way softmax layer (Rasmus et al., Sec. 4).
@@ -109,11 +129,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # CPU smoke run on the embedded 8,000 train / 2,000 test digits; the schedule keeps
     # App. D's proportions (m reaches 0 and G stops at 1/3, lr decay from 2/3 of the run).
     config.dataset = 'mnist_10k'
-    config.total_steps = 300
-    loss.margin_decay_steps = 100 if ebgan_ln else 0
-    config.generator_off_step = 100 if ebgan_ln else 0
-    optim.lr_decay_start = 200
+    scale_schedule(config, 300)
     config.log_every_steps = 20
     config.checkpoint_every_steps = config.sample_every_steps = 100
+  if arg.total_steps > 0:
+    scale_schedule(config, arg.total_steps)
   return config
+
+
+def scale_schedule(config: ml_collections.ConfigDict, total_steps: int) -> None:
+  """Sets App. D's schedule for a run of `total_steps`, keeping the paper's proportions.
+
+  EBGAN-LN: m decays to 0 and G stops at total/3 (60,000 of 180,000), the learning rates decay
+  linearly to 0 from 2 total/3 (120,000). Ladder: the decay starts at 2 total/3 (80,000 of
+  120,000). Logging, checkpoint and sample intervals shrink with short runs.
+  """
+  ebgan_ln = config.variant == 'ebgan_ln'
+  config.total_steps = total_steps
+  third = max(total_steps // 3, 1)
+  config.loss.margin_decay_steps = third if ebgan_ln else 0
+  config.generator_off_step = third if ebgan_ln else 0
+  config.optim.lr_decay_start = max(2 * total_steps // 3, 1)
+  for field in ('log_every_steps', 'checkpoint_every_steps', 'sample_every_steps'):
+    config[field] = max(min(config[field], total_steps // 10), 1)
 

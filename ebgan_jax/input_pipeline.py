@@ -39,11 +39,11 @@ EMBEDDED = 'mnist_10k'
 
 
 def _mnist_like(config: ml_collections.ConfigDict) -> Callable[[dict], tf.Tensor]:
-  """uint8 [28, 28, 1] -> float32 [S, S, 1] in [-1, 1]; S = 32 zero-pads (App. E), 28 keeps."""
+  """uint8 [28, 28, 1] -> float32 [S, S, 1] in [-1, 1]; S = 32 zero-pads (App. D), 28 keeps."""
   size = config.image_size
   if size not in (28, 32):
     raise ValueError(f'MNIST-like data is 28x28: config.image_size must be 28 (unpadded) or '
-                     f'32 (zero-padded, as the grid search of Sec. 4.1 / App. E), got {size}.')
+                     f'32 (zero-padded, as the grid search of Sec. 4.1 / App. D), got {size}.')
   if config.channels != 1:
     raise ValueError(f'MNIST-like data has 1 channel; set --config.channels=1 '
                      f'(got {config.channels}).')

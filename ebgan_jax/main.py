@@ -45,8 +45,9 @@ def main(argv):
   # tf.data only: keep TensorFlow off the accelerators JAX uses.
   tf.config.set_visible_devices([], 'GPU')
   if FLAGS.distributed or FLAGS.coordinator_address:
-    if jax.default_backend() == 'cpu' or FLAGS.coordinator_address:
-      jax.config.update('jax_cpu_collectives_implementation', FLAGS.cpu_collectives)
+    # Only the CPU client reads this. Set it unconditionally: asking for the backend
+    # (jax.default_backend()) first would start XLA, and initialize() must come before that.
+    jax.config.update('jax_cpu_collectives_implementation', FLAGS.cpu_collectives)
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   logging.info('JAX process %d of %d, %d local / %d global devices (%s).', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),

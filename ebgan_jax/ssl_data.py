@@ -1,4 +1,4 @@
-"""Labelled subsets for semi-supervised permutation-invariant MNIST (Sec. 4.2, App. D).
+"""Labelled subsets and batch order for semi-supervised PI-MNIST (Sec. 4.2, App. D).
 
 Table 2 trains with 100, 200 and 1000 labels and averages over 15 random seeds. The paper does
 not say how the labelled examples are drawn; we balance them across the classes (10, 20 or 100
@@ -45,3 +45,34 @@ def balanced_labelled_subset(labels: np.ndarray, num_labelled: int, seed: int,
                        f'needed for {num_labelled} balanced labels.')
     chosen.append(rng.choice(members, size=per_class, replace=False))
   return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def stream_indices(num_examples: int, batch_size: int, step: int,
+                   seed: int | tuple[int, ...]) -> np.ndarray:
+  """Indices of the `step`-th batch of an endless stream of shuffled passes over the data.
+
+  The stream concatenates independent permutations of range(num_examples), one per epoch
+  (seeded by (seed, epoch)), and cuts it into consecutive batches; a batch may straddle two
+  epochs, so a labelled set smaller than the batch is cycled (as Rasmus et al.'s code cycles
+  its labelled examples). A pure function of its arguments: a resumed run sees the same
+  batches.
+
+  Args:
+    num_examples: N, the size of the set.
+    batch_size: B.
+    step: the 0-based batch number.
+    seed: an int or a tuple of ints (e.g. (run seed, stream id)).
+  Returns:
+    int64 indices, shape [B], values in [0, N).
+  """
+  if num_examples <= 0 or batch_size <= 0:
+    raise ValueError(f'num_examples={num_examples} and batch_size={batch_size} must be > 0.')
+  seed = tuple(seed) if isinstance(seed, (tuple, list)) else (seed,)
+  positions = step * batch_size + np.arange(batch_size, dtype=np.int64)  # [B] in the stream
+  epochs, offsets = np.divmod(positions, num_examples)
+  out = np.empty(batch_size, np.int64)
+  for epoch in np.unique(epochs):
+    perm = np.random.default_rng([*seed, int(epoch)]).permutation(num_examples)
+    mask = epochs == epoch
+    out[mask] = perm[offsets[mask]]
+  return out

@@ -11,6 +11,7 @@ Prints a Markdown table for BENCHMARKS.md and, with --json, writes the numbers.
 
 from __future__ import annotations
 
+import importlib
 import json
 import platform
 import resource
@@ -26,7 +27,11 @@ from configs import mnist_fc
 from ebgan_jax import population, sharding, step
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list('configs', ['gan', 'ebgan', 'ebgan_pt'], 'configs/mnist_fc.py variants.')
+flags.DEFINE_list('configs', ['gan', 'ebgan', 'ebgan_pt'],
+                  'FILE:ARG entries of configs/FILE.py (FILE defaults to mnist_fc), e.g. '
+                  'ebgan_pt or celeba:ebgan_pt.')
+flags.DEFINE_string('dtype', '', "Compute dtype for the models (config.model.dtype), e.g. "
+                    "'bfloat16'; '' keeps the config's.")
 flags.DEFINE_list('batch_sizes', ['64', '256'], 'Global batch sizes.')
 flags.DEFINE_float('seconds', 10.0, 'Timed seconds per measurement (after warm-up).')
 flags.DEFINE_integer('matmul_size', 0, 'Side of the square fp32 matmul for the peak '
@@ -36,10 +41,10 @@ flags.DEFINE_list('population_sizes', [], 'Also time populations of these sizes 
 flags.DEFINE_string('json', '', 'Write the results to this JSON file.')
 
 
-def matmul_gflops(n: int, seconds: float = 3.0) -> float:
-  """Measured fp32 GFLOP/s of an n x n x n matmul (2 n^3 FLOPs), best of repeated runs."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+def matmul_gflops(n: int, seconds: float = 3.0, dtype=jnp.float32) -> float:
+  """Measured GFLOP/s of an n x n x n matmul (2 n^3 FLOPs), best of repeated runs."""
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
   f = jax.jit(lambda x, y: jnp.dot(x, y, precision=jax.lax.Precision.HIGHEST))
   f(a, b).block_until_ready()
   best, deadline = 0.0, time.perf_counter() + seconds
@@ -58,17 +63,26 @@ def peak_memory_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def load_config(entry: str):
+  """'FILE:ARG' -> configs/FILE.py's get_config(ARG); a bare 'ARG' means mnist_fc."""
+  name, _, arg = entry.rpartition(':') if ':' in entry else ('mnist_fc', '', entry)
+  return importlib.import_module(f'configs.{name}').get_config(arg)
+
+
 def bench_step(variant: str, batch_size: int, seconds: float) -> dict:
   """Compiles and times the train step of one config at one global batch size."""
-  config = mnist_fc.get_config(variant)
+  config = load_config(variant)
   config.batch_size = batch_size
+  if FLAGS.dtype:
+    config.model.dtype = FLAGS.dtype
   mesh = sharding.make_mesh()
   trainer = step.Trainer(config, total_steps=10**6)
   state = jax.jit(trainer.create_state, out_shardings=sharding.replicated(mesh))(
       jax.random.key(0))
   images = jax.device_put(
-      np.random.default_rng(0).uniform(-1, 1, (batch_size, config.image_size,
-                                                config.image_size, 1)).astype(np.float32),
+      np.random.default_rng(0).uniform(
+          -1, 1, (batch_size, config.image_size, config.image_size, config.channels)
+      ).astype(np.float32),
       sharding.batch_sharding(mesh))
   key = jax.random.key(1)
   t = time.perf_counter()
@@ -150,7 +164,13 @@ def main(argv):
   n = FLAGS.matmul_size or (2048 if jax.default_backend() == 'cpu' else 8192)
   peak = matmul_gflops(n)
   machine = machine_description()
-  print(f'Machine: {machine}\nfp32 matmul {n}x{n}x{n}: {peak:.1f} GFLOP/s\n')
+  print(f'Machine: {machine}\nfp32 matmul {n}x{n}x{n}: {peak:.1f} GFLOP/s')
+  bf16_peak = None
+  if FLAGS.dtype == 'bfloat16':
+    bf16_peak = matmul_gflops(n, dtype=jnp.bfloat16)
+    print(f'bf16 matmul {n}x{n}x{n}: {bf16_peak:.1f} GFLOP/s (the % column uses this)')
+    peak = bf16_peak
+  print()
   rows = []
   print('| config | batch | images/s | compile s | GFLOP/step | GFLOP/s | % of matmul peak |')
   print('|---|---:|---:|---:|---:|---:|---:|')
@@ -180,6 +200,7 @@ def main(argv):
   if FLAGS.json:
     with open(FLAGS.json, 'w') as f:
       json.dump({'machine': machine, 'matmul_gflops': peak, 'matmul_size': n,
+                 'dtype': FLAGS.dtype or 'config', 'bf16_matmul_gflops': bf16_peak,
                  'peak_memory_mib': memory, 'results': rows,
                  'populations': pop_rows, 'argv': sys.argv}, f, indent=2)
 

@@ -85,7 +85,7 @@ def test_dcgan64_autoencoder_layer_shapes():
       'enc_conv_2': (2, 8, 8, 256), 'enc_bn_2': (2, 8, 8, 256),
       'dec_conv_0': (2, 16, 16, 128), 'dec_bn_0': (2, 16, 16, 128),
       'dec_conv_1': (2, 32, 32, 64), 'dec_bn_1': (2, 32, 32, 64),
-      'dec_conv_2': (2, 64, 64, 3), 'dec_bn_2': (2, 64, 64, 3)}
+      'dec_conv_2': (2, 64, 64, 3)}
   chex.assert_shape(x_rec, (2, 64, 64, 3))
   chex.assert_shape(code, (2, 8, 8, 256))
 
@@ -130,7 +130,7 @@ def test_imagenet_autoencoder_layer_shapes(size):
       'dec_conv_0': (2, s // 8, s // 8, 256), 'dec_bn_0': (2, s // 8, s // 8, 256),
       'dec_conv_1': (2, s // 4, s // 4, 128), 'dec_bn_1': (2, s // 4, s // 4, 128),
       'dec_conv_2': (2, s // 2, s // 2, 64), 'dec_bn_2': (2, s // 2, s // 2, 64),
-      'dec_conv_3': (2, s, s, 3), 'dec_bn_3': (2, s, s, 3)}
+      'dec_conv_3': (2, s, s, 3)}
   chex.assert_shape(x_rec, (2, s, s, 3))
   chex.assert_shape(code, (2, s // 16, s // 16, 512))
 
@@ -142,50 +142,50 @@ def test_dcgan64_autoencoder_param_count():
   config = _config('dcgan64', 64)
   _, _, variables = _shapes_and_variables(models.get_discriminator(config), _d_input(config))
   want = {
-      'enc_conv_0': 3136,    # 4*4*3*64 + 64 = 3072 + 64
-      'enc_conv_1': 131200,  # 4*4*64*128 + 128 = 131072 + 128
+      # Layers followed by BN have no bias (BN's shift replaces it).
+      'enc_conv_0': 3136,    # 4*4*3*64 + 64 = 3072 + 64 (input layer: no BN, has a bias)
+      'enc_conv_1': 131072,  # 4*4*64*128
       'enc_bn_1': 256,       # 2*128
-      'enc_conv_2': 524544,  # 4*4*128*256 + 256 = 524288 + 256
+      'enc_conv_2': 524288,  # 4*4*128*256
       'enc_bn_2': 512,       # 2*256
-      'dec_conv_0': 524416,  # 4*4*256*128 + 128 = 524288 + 128
+      'dec_conv_0': 524288,  # 4*4*256*128
       'dec_bn_0': 256,       # 2*128
-      'dec_conv_1': 131136,  # 4*4*128*64 + 64 = 131072 + 64
+      'dec_conv_1': 131072,  # 4*4*128*64
       'dec_bn_1': 128,       # 2*64
-      'dec_conv_2': 3075,    # 4*4*64*3 + 3 = 3072 + 3
-      'dec_bn_2': 6}         # 2*3
+      'dec_conv_2': 3075}    # 4*4*64*3 + 3 = 3072 + 3; D's output layer: no BN, a bias.
   assert _param_counts(variables) == want
-  assert sum(want.values()) == 1_318_665  # The sum of the above, by hand.
-  # Running mean and variance: 2 * (128 + 256 + 128 + 64 + 3) = 1158.
-  assert sum(x.size for x in jax.tree.leaves(variables['batch_stats'])) == 1158
+  assert sum(want.values()) == 1_318_083  # The sum of the above, by hand.
+  # Running mean and variance: 2 * (128 + 256 + 128 + 64) = 1152.
+  assert sum(x.size for x in jax.tree.leaves(variables['batch_stats'])) == 1152
 
 
 def test_dcgan64_generator_param_count():
   config = _config('dcgan64', 64)  # latent_dim = 100.
   _, _, variables = _shapes_and_variables(models.get_generator(config), _g_input(config))
   want = {
-      'conv_0': 819712,   # 4*4*100*512 + 512 = 819200 + 512
+      'conv_0': 819200,   # 4*4*100*512 (followed by BN: no bias)
       'bn_0': 1024,
-      'conv_1': 2097408,  # 4*4*512*256 + 256 = 2097152 + 256
+      'conv_1': 2097152,  # 4*4*512*256
       'bn_1': 512,
-      'conv_2': 524416,   # 4*4*256*128 + 128
+      'conv_2': 524288,   # 4*4*256*128
       'bn_2': 256,
-      'conv_3': 131136,   # 4*4*128*64 + 64
+      'conv_3': 131072,   # 4*4*128*64
       'bn_3': 128,
       'output': 3075}     # 4*4*64*3 + 3
   assert _param_counts(variables) == want
-  assert sum(want.values()) == 3_577_667
+  assert sum(want.values()) == 3_576_707
 
 
 def test_dcgan64_binary_discriminator_param_count():
   config = _config('dcgan64', 64, kind='gan')
   _, _, variables = _shapes_and_variables(models.get_discriminator(config), _d_input(config))
   want = {
-      'conv_0': 3136, 'conv_1': 131200, 'bn_1': 256, 'conv_2': 524544, 'bn_2': 512,
-      'conv_3': 2097664,  # 4*4*256*512 + 512 = 2097152 + 512
+      'conv_0': 3136, 'conv_1': 131072, 'bn_1': 256, 'conv_2': 524288, 'bn_2': 512,
+      'conv_3': 2097152,  # 4*4*256*512 (followed by BN: no bias)
       'bn_3': 1024,
       'logit': 8193}      # 4*4*512 + 1 (DCGAN's final 4x4 conv to one map)
   assert _param_counts(variables) == want
-  assert sum(want.values()) == 2_766_529
+  assert sum(want.values()) == 2_765_633
 
 
 def test_imagenet128_generator_param_count_includes_noise_planes():
@@ -193,48 +193,49 @@ def test_imagenet128_generator_param_count_includes_noise_planes():
   _, _, variables = _shapes_and_variables(models.get_generator(config), _g_input(config))
   # Each 4c2s layer's input is the previous features plus the noise planes 64-32-16-8-4.
   want = {
-      'conv_0': 1639424,  # 4*4*100*1024 + 1024 (z is the "100" plane)
+      'conv_0': 1638400,  # 4*4*100*1024 (z is the "100" plane; BN follows: no bias)
       'bn_0': 2048,
-      'conv_1': 8913408,  # 4*4*(1024+64)*512 + 512 = 16*1088*512 + 512
+      'conv_1': 8912896,  # 4*4*(1024+64)*512 = 16*1088*512
       'bn_1': 1024,
-      'conv_2': 2228480,  # 4*4*(512+32)*256 + 256 = 16*544*256 + 256
+      'conv_2': 2228224,  # 4*4*(512+32)*256 = 16*544*256
       'bn_2': 512,
-      'conv_3': 557184,   # 4*4*(256+16)*128 + 128 = 16*272*128 + 128
+      'conv_3': 557056,   # 4*4*(256+16)*128 = 16*272*128
       'bn_3': 256,
-      'conv_4': 139328,   # 4*4*(128+8)*64 + 64 = 16*136*64 + 64
+      'conv_4': 139264,   # 4*4*(128+8)*64 = 16*136*64
       'bn_4': 128,
-      'conv_5': 69696,    # 4*4*(64+4)*64 + 64 = 16*68*64 + 64
+      'conv_5': 69632,    # 4*4*(64+4)*64 = 16*68*64
       'bn_5': 128,
       'output': 1731}     # 3*3*64*3 + 3
   assert _param_counts(variables) == want
-  assert sum(want.values()) == 13_553_347
+  assert sum(want.values()) == 13_551_299
 
 
 def test_imagenet256_generator_param_count_includes_noise_planes():
   config = _config('imagenet', 256)
   _, _, variables = _shapes_and_variables(models.get_generator(config), _g_input(config))
   want = {
-      'conv_0': 3278848,   # 4*4*100*2048 + 2048
-      'conv_1': 34604032,  # 4*4*(2048+64)*1024 + 1024
-      'conv_2': 8651264,   # 4*4*(1024+32)*512 + 512
-      'conv_3': 2162944,   # 4*4*(512+16)*256 + 256
-      'conv_4': 540800,    # 4*4*(256+8)*128 + 128
-      'conv_5': 135232,    # 4*4*(128+4)*64 + 64
-      'conv_6': 67648,     # 4*4*(64+2)*64 + 64
+      'conv_0': 3276800,   # 4*4*100*2048 (BN follows: no bias)
+      'conv_1': 34603008,  # 4*4*(2048+64)*1024
+      'conv_2': 8650752,   # 4*4*(1024+32)*512
+      'conv_3': 2162688,   # 4*4*(512+16)*256
+      'conv_4': 540672,    # 4*4*(256+8)*128
+      'conv_5': 135168,    # 4*4*(128+4)*64
+      'conv_6': 67584,     # 4*4*(64+2)*64
       'output': 1731}      # 3*3*64*3 + 3
   counts = _param_counts(variables)
   assert {k: v for k, v in counts.items() if not k.startswith('bn_')} == want
   # BN: 2 * (2048 + 1024 + 512 + 256 + 128 + 64 + 64) = 8192.
   assert sum(v for k, v in counts.items() if k.startswith('bn_')) == 8192
-  assert sum(counts.values()) == 49_450_691
+  assert sum(counts.values()) == 49_446_595
 
 
 def test_imagenet_autoencoder_param_count():
   config = _config('imagenet', 128)
   _, _, variables = _shapes_and_variables(models.get_discriminator(config), _d_input(config))
-  # Encoder 3136 + 131200 + 256 + 524544 + 512 + 2097664 + 1024 = 2758336;
-  # decoder 4*4*512*256+256 = 2097408, + 512 + 524416 + 256 + 131136 + 128 + 3075 + 6 = 2756937.
-  assert sum(_param_counts(variables).values()) == 2_758_336 + 2_756_937
+  # Encoder 3136 + 131072 + 256 + 524288 + 512 + 2097152 + 1024 = 2757440 (only the input
+  # layer has a bias); decoder 4*4*512*256 = 2097152, + 512 + 524288 + 256 + 131072 + 128
+  # + 3075 (output layer: bias, no BN) = 2756483.
+  assert sum(_param_counts(variables).values()) == 2_757_440 + 2_756_483
 
 
 # --- Batch-norm placement (App. C: after every weight layer but G's output, D's input). -----
@@ -251,7 +252,8 @@ def test_batch_norm_placement():
   assert g_bn == ['bn_0', 'bn_1', 'bn_2', 'bn_3', 'bn_4', 'bn_5']  # None after 'output'.
   assert 'output' in g_params
   ae_bn, _ = layers(_config('dcgan64', 64), discriminator=True)
-  assert ae_bn == ['dec_bn_0', 'dec_bn_1', 'dec_bn_2', 'enc_bn_1', 'enc_bn_2']  # No enc_bn_0.
+  # No enc_bn_0 (D's input layer) and none after dec_conv_2 (D's output layer).
+  assert ae_bn == ['dec_bn_0', 'dec_bn_1', 'enc_bn_1', 'enc_bn_2']
   binary_bn, binary_params = layers(_config('dcgan64', 64, kind='gan'), discriminator=True)
   assert binary_bn == ['bn_1', 'bn_2', 'bn_3']  # None after conv_0 (input) nor the logit.
   assert 'logit' in binary_params
@@ -296,9 +298,14 @@ def test_initialisation_follows_appendix_c():
   # and 0.002.
   np.testing.assert_allclose(np.std(g_vars['params']['conv_2']['kernel']), 0.02, rtol=0.05)
   np.testing.assert_allclose(np.std(d_vars['params']['enc_conv_1']['kernel']), 0.002, rtol=0.05)
+  biases = 0
   for variables in (g_vars, d_vars):
     for name, layer in variables['params'].items():
-      assert not np.any(layer['bias']), name  # Biases start at 0 (BN shifts too).
+      if 'bias' in layer:  # Layers followed by BN have none.
+        biases += 1
+        assert not np.any(layer['bias']), name  # Biases start at 0 (BN shifts too).
+  # G: bn_0..bn_3 and output; D: enc_conv_0, enc_bn_1, enc_bn_2, dec_bn_0, dec_bn_1, dec_conv_2.
+  assert biases == 5 + 6
 
 
 def test_lowerings_agree_on_the_whole_autoencoder():
@@ -321,16 +328,9 @@ def test_lowerings_agree_on_the_whole_autoencoder():
   chex.assert_trees_all_close(value_fast, value_lax, rtol=1e-5)
   chex.assert_trees_all_close(dx_fast, dx_lax, atol=1e-6, rtol=1e-3)
   for name, grads in grads_lax.items():
+    # Layers followed by BN have no bias, so every gradient leaf is compared.
     scale = max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(grads))
-    if name.startswith(('enc_conv', 'dec_conv')) and name != 'enc_conv_0':
-      # The bias of a layer followed by train-mode BN has no effect: its gradient is 0 up to
-      # rounding (~1e-5 of the kernel's) in either lowering, so only its size is checked.
-      for bias_grad in (grads['bias'], grads_fast[name]['bias']):
-        assert float(jnp.max(jnp.abs(bias_grad))) < 1e-4 * scale, name
-      grads, fast = grads['kernel'], grads_fast[name]['kernel']
-    else:
-      fast = grads_fast[name]
-    chex.assert_trees_all_close(fast, grads, atol=1e-4 * scale, rtol=1e-3)
+    chex.assert_trees_all_close(grads_fast[name], grads, atol=1e-4 * scale, rtol=1e-3)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_outputs():

@@ -22,7 +22,7 @@ N_LAYERS = (2, 3, 4, 5)
 SIZES_G = (400, 800, 1600, 3200)
 SIZES_D = (128, 256, 512, 1024)
 DROPOUTS = (True, False)
-IMAGE_SIZES = (32, 28)  # zero-padded MNIST (App. E) and unpadded
+IMAGE_SIZES = (32, 28)  # zero-padded MNIST (App. D, "Other details") and unpadded
 BATCH = 3
 LATENT = 100
 
@@ -129,16 +129,17 @@ def test_generator_batch_norm_after_every_hidden_layer_not_the_output():
   chex.assert_shape(variables['params']['bn_2']['scale'], (8,))
 
 
-def test_autoencoder_batch_norm_not_after_input_layer_but_after_decoder():
+def test_autoencoder_batch_norm_not_after_input_or_output_layer():
   d = mlp.MLPAutoEncoder(n_layers=4, width=8, image_shape=(4, 4, 1), dropout=False)
   order, variables = _call_order(d, jnp.zeros((2, 4, 4, 1)), {'params': jax.random.key(0)})
-  # Input layer enc_dense_0 has no BN; the other encoder layers and the decoder have one.
+  # Input layer enc_dense_0 has no BN; the other encoder layers have one; the decoder (D's
+  # output layer, linear reconstruction) has none.
   assert order == ['enc_dense_0', 'enc_dense_1', 'enc_bn_1', 'enc_dense_2', 'enc_bn_2',
-                   'dec_dense', 'dec_bn']
+                   'dec_dense']
   assert set(variables['params']) == {'enc_dense_0', 'enc_dense_1', 'enc_bn_1', 'enc_dense_2',
-                                      'enc_bn_2', 'dec_dense', 'dec_bn'}
-  assert set(variables['batch_stats']) == {'enc_bn_1', 'enc_bn_2', 'dec_bn'}
-  chex.assert_shape(variables['params']['dec_bn']['scale'], (16,))  # 4 * 4 * 1 pixels
+                                      'enc_bn_2', 'dec_dense'}
+  assert set(variables['batch_stats']) == {'enc_bn_1', 'enc_bn_2'}
+  chex.assert_shape(variables['params']['dec_dense']['bias'], (16,))  # 4 * 4 * 1 pixels
 
 
 def test_binary_discriminator_batch_norm_not_after_input_or_logit():
@@ -154,7 +155,7 @@ def test_dropout_follows_each_encoder_layer_when_enabled():
   rngs = {'params': jax.random.key(0), 'dropout': jax.random.key(1)}
   order, _ = _call_order(d, jnp.zeros((2, 4, 4, 1)), rngs)
   assert order == ['enc_dense_0', 'Dropout_0', 'enc_dense_1', 'enc_bn_1', 'Dropout_1',
-                   'dec_dense', 'dec_bn']
+                   'dec_dense']
 
 
 # -- initialisation (App. C): G ~ N(0, 0.02), D ~ N(0, 0.002), biases 0 ------------------------

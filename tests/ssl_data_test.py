@@ -49,3 +49,15 @@ def test_rejects_a_class_with_too_few_examples():
   labels = np.concatenate([labels[labels != 3], np.full(5, 3)])  # only 5 threes
   with pytest.raises(ValueError, match='Class 3 has 5 examples'):
     ssl_data.balanced_labelled_subset(labels, 100, seed=0)
+
+
+def test_stream_indices_cycle_a_small_labelled_set_deterministically():
+  first = ssl_data.stream_indices(10, 4, step=2, seed=(0, 0))  # positions 8..11: epochs 0, 1
+  again = ssl_data.stream_indices(10, 4, step=2, seed=(0, 0))
+  np.testing.assert_array_equal(first, again)
+  epoch0 = np.random.default_rng([0, 0, 0]).permutation(10)
+  epoch1 = np.random.default_rng([0, 0, 1]).permutation(10)
+  np.testing.assert_array_equal(first, [epoch0[8], epoch0[9], epoch1[0], epoch1[1]])
+  # Every epoch of a batch-aligned stream is a permutation.
+  batches = [ssl_data.stream_indices(12, 4, s, 3) for s in range(3)]
+  np.testing.assert_array_equal(np.sort(np.concatenate(batches)), np.arange(12))

@@ -16,15 +16,18 @@ Architectures (App. C; "(n)4c2s" is a 4x4, stride-2 layer with n feature maps, "
 Conventions shared with `mlp.py` (App. C):
 - batch normalization after each weight layer except G's output layer and D's input layer;
   momentum 0.9, epsilon 1e-5 (`mlp.batch_norm`);
-- weights from N(0, 0.02) in G and N(0, 0.002) in D, biases 0;
+- weights from N(0, 0.02) in G and N(0, 0.002) in D, biases 0; a layer followed by BN has no
+  bias of its own (BN's shift replaces it, as in DCGAN and `mlp.py`: such a bias has an
+  analytically zero gradient, whose round-off Adam would blow up into lr-sized steps);
 - G: ReLU, tanh output. D: LeakyReLU(0.2) after every hidden layer, encoder and decoder
   alike. App. C's grid-search setting says ReLU, but for these models it says "we also
   followed the guidance suggested by Radford et al. (2015)", whose guideline is "use
   LeakyReLU activation in the discriminator for all layers" (slope 0.2). `leaky_slope=0`
   gives ReLU.
-- As in `mlp.MLPAutoEncoder`, the decoder's output layer is followed by BN and no
-  non-linearity (BN's scale and shift reach the [-1, 1] targets); the code returned for the
-  pulling-away term (Eq. 14) is the encoder's last activation, [B, h, w, C].
+- As in `mlp.MLPAutoEncoder`, the decoder's output layer (D's output layer) has neither BN
+  nor a non-linearity: a BN there lets a collapsed generator reach near-zero energy (see
+  `mlp.MLPAutoEncoder`). The code returned for the pulling-away term (Eq. 14) is the
+  encoder's last activation, [B, h, w, C].
 
 `dtype` is the compute dtype (e.g. bfloat16); parameters and BN statistics stay float32, and
 images, reconstructions and codes are returned as float32.
@@ -93,13 +96,14 @@ class ConvGenerator(nn.Module):
     for i, features in enumerate(self.features):
       if i == 0:
         h = nn.ConvTranspose(features, (PROJECTION_SIZE, PROJECTION_SIZE), padding='VALID',
-                             kernel_init=G_KERNEL_INIT, dtype=self.dtype,
+                             use_bias=False, kernel_init=G_KERNEL_INIT, dtype=self.dtype,
                              name='conv_0')(h)  # [B, 4, 4, n]
       else:
         if self.noise_planes:
           h = self._concat_noise(h, self.noise_planes[i - 1])  # [B, h, w, n + planes]
         h = ConvTranspose2x(features, impl=self.transpose_impl, kernel_init=G_KERNEL_INIT,
-                            dtype=self.dtype, name=f'conv_{i}')(h)  # [B, 2h, 2w, n]
+                            use_bias=False, dtype=self.dtype,
+                            name=f'conv_{i}')(h)  # [B, 2h, 2w, n]
       h = mlp.batch_norm(train, name=f'bn_{i}', dtype=self.dtype)(h)
       h = nn.relu(h)
     channels = self.image_shape[-1]
@@ -158,7 +162,7 @@ class ConvAutoEncoder(nn.Module):
     h = x
     for i, features in enumerate(self.encoder_features):
       h = Conv2x(features, impl=self.conv_impl, kernel_init=D_KERNEL_INIT, dtype=self.dtype,
-                 name=f'enc_conv_{i}')(h)  # [B, h/2, w/2, n]
+                 use_bias=i == 0, name=f'enc_conv_{i}')(h)  # [B, h/2, w/2, n]
       if i > 0:
         h = mlp.batch_norm(train, name=f'enc_bn_{i}', dtype=self.dtype)(h)
       h = nn.leaky_relu(h, self.leaky_slope)
@@ -166,9 +170,10 @@ class ConvAutoEncoder(nn.Module):
     decoder = (*self.decoder_features, self.image_shape[-1])
     for i, features in enumerate(decoder):
       h = ConvTranspose2x(features, impl=self.transpose_impl, kernel_init=D_KERNEL_INIT,
-                          dtype=self.dtype, name=f'dec_conv_{i}')(h)  # [B, 2h, 2w, n]
-      h = mlp.batch_norm(train, name=f'dec_bn_{i}', dtype=self.dtype)(h)
-      if i < len(decoder) - 1:
+                          use_bias=i == len(decoder) - 1, dtype=self.dtype,
+                          name=f'dec_conv_{i}')(h)  # [B, 2h, 2w, n]
+      if i < len(decoder) - 1:  # The output layer: no BN, no non-linearity (see mlp.py).
+        h = mlp.batch_norm(train, name=f'dec_bn_{i}', dtype=self.dtype)(h)
         h = nn.leaky_relu(h, self.leaky_slope)
     return h.astype(jnp.float32), code.astype(jnp.float32)
 
@@ -195,7 +200,7 @@ class ConvDiscriminator(nn.Module):
     h = x
     for i, features in enumerate(self.features):
       h = Conv2x(features, impl=self.conv_impl, kernel_init=D_KERNEL_INIT, dtype=self.dtype,
-                 name=f'conv_{i}')(h)  # [B, h/2, w/2, n]
+                 use_bias=i == 0, name=f'conv_{i}')(h)  # [B, h/2, w/2, n]
       if i > 0:
         h = mlp.batch_norm(train, name=f'bn_{i}', dtype=self.dtype)(h)
       h = nn.leaky_relu(h, self.leaky_slope)

@@ -6,6 +6,9 @@ Appendix C fixes the details every model here follows:
 - ReLU non-linearities; the generator output goes through tanh (images are in [-1, 1]);
 - weights initialised from N(0, 0.002) in D and N(0, 0.02) in G (0.002 and 0.02 are standard
   deviations), biases at 0.
+A Dense layer followed by BatchNorm has no bias of its own (BN's shift replaces it, as in
+DCGAN): BN subtracts the batch mean, so such a bias has an analytically zero gradient, and
+Adam would turn the round-off in it into +-lr steps that differ with the device count.
 
 Table 1's knobs: `n_layers` (nLayerG / nLayerD) counts weight layers, `width` (sizeG / sizeD)
 the units of each hidden layer, `dropout` (dropoutD) switches dropout on in D.
@@ -52,7 +55,7 @@ class MLPGenerator(nn.Module):
                        f'got {self.n_layers}.')
     h = z
     for i in range(self.n_layers - 1):
-      h = nn.Dense(self.width, kernel_init=G_KERNEL_INIT, name=f'dense_{i}')(h)
+      h = nn.Dense(self.width, kernel_init=G_KERNEL_INIT, use_bias=False, name=f'dense_{i}')(h)
       h = batch_norm(train, name=f'bn_{i}')(h)
       h = nn.relu(h)
     h = nn.Dense(math.prod(self.image_shape), kernel_init=G_KERNEL_INIT, name='output')(h)
@@ -90,7 +93,8 @@ class MLPAutoEncoder(nn.Module):
     h = x.reshape(x.shape[0], -1)
     code = h
     for i in range(self.n_layers - 1):
-      h = nn.Dense(self.width, kernel_init=D_KERNEL_INIT, name=f'enc_dense_{i}')(h)
+      h = nn.Dense(self.width, kernel_init=D_KERNEL_INIT, use_bias=i == 0,
+                   name=f'enc_dense_{i}')(h)
       if i > 0:
         h = batch_norm(train, name=f'enc_bn_{i}')(h)
       h = nn.relu(h)
@@ -122,7 +126,7 @@ class MLPDiscriminator(nn.Module):
     _check_image_shape(x, self.image_shape, 'discriminator')
     h = x.reshape(x.shape[0], -1)
     for i in range(self.n_layers - 1):
-      h = nn.Dense(self.width, kernel_init=D_KERNEL_INIT, name=f'dense_{i}')(h)
+      h = nn.Dense(self.width, kernel_init=D_KERNEL_INIT, use_bias=i == 0, name=f'dense_{i}')(h)
       if i > 0:
         h = batch_norm(train, name=f'bn_{i}')(h)
       h = nn.relu(h)

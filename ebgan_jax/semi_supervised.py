@@ -1,0 +1,410 @@
+"""Semi-supervised PI-MNIST: the Ladder Network baseline and EBGAN-LN (Sec. 4.2, App. D).
+
+One pure train step, `Trainer.train_step(state, labelled_batch, unlabelled_batch, key)`:
+
+- Ladder (App. D, "Baseline model"): D's loss is
+    class_weight * CE(corrupted logits of the labelled batch, labels)
+    + lambda_L2 * mean over the unlabelled batch of ||x_rec - x||^2
+  (the bottom-layer "vanilla form of l2 loss" of App. D, `losses.squared_l2_energy`).
+- EBGAN-LN (App. D, "EBGAN-LN model"): the Ladder Network is EBGAN's discriminator and its
+  per-sample bottom-layer reconstruction cost the energy. D's loss adds the hinge of Eq. (1) on
+  generated samples, hinge_weight * mean [m - D(G(z))]^+, with m decaying linearly from 16 to 0
+  over the first third of the run (`losses.margin_at`); G then minimises Eq. (2),
+  mean D(G(z)) under the *updated* D. From `generator_off_step` on (when m has reached 0),
+  G is no longer trained and no samples are generated: the step is the Ladder's.
+
+The Ladder Network sees pixels in `config.pixel_range`: (0, 1) maps the project's [-1, 1]
+images and G's tanh output by x -> (x + 1) / 2 (configs/mnist_ssl.py says why). The labelled,
+unlabelled and generated batches each go through the network separately, so each is normalized
+with its own batch statistics, as in Rasmus et al.'s code.
+
+`train_and_evaluate(config, workdir)` runs the loop with checkpoints and resumption like
+`ebgan_jax.train`, then reports the test error of the clean path (Rasmus et al.'s classifier).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import optax.losses
+from absl import logging
+
+from ebgan_jax import checkpoint, input_pipeline, losses, metric_writer, models, sample
+from ebgan_jax import sharding, ssl_data, step as step_lib, train as train_lib
+from ebgan_jax import workdir as workdir_lib
+from ebgan_jax.models import ladder
+
+Metrics = dict[str, jax.Array]
+LabelledBatch = tuple[jax.Array, jax.Array]  # (images [B, H, W, C] in [-1, 1], labels [B])
+RESULTS_FILE = 'results.json'
+
+
+@flax.struct.dataclass
+class SSLState:
+  """The whole training state, one pytree (orbax saves it, `jax.vmap` could stack it)."""
+  step: jax.Array                  # int32 scalar: number of completed train steps.
+  d: step_lib.Player               # The Ladder Network (EBGAN-LN's discriminator).
+  g: step_lib.Player | None        # EBGAN-LN's generator; None for the plain Ladder.
+
+
+class Trainer:
+  """Binds an SSL config (configs/mnist_ssl.py) to its models, optimizers and pure step."""
+
+  def __init__(self, config: ml_collections.ConfigDict, total_steps: int | None = None):
+    self.config = config
+    self.total_steps = total_steps or config.total_steps
+    self.is_ebgan = config.loss.kind == 'ebgan'
+    if config.loss.kind not in ('ebgan', 'none'):
+      raise ValueError(f"An SSL config's loss.kind is 'ebgan' (EBGAN-LN) or 'none' (Ladder), "
+                       f'got {config.loss.kind!r}.')
+    self.ladder: nn.Module = ladder.from_config(config)
+    self.generator: nn.Module | None = (models.get_generator(config) if self.is_ebgan
+                                        else None)
+    # App. D: Adam, beta1 = 0.5, linear decay to 0 from optim.lr_decay_start (2/3 of the run).
+    self.d_tx = step_lib.make_optimizer(config.optim.optim_d, config.optim.lr_d, config,
+                                        self.total_steps)
+    self.g_tx = step_lib.make_optimizer(config.optim.optim_g, config.optim.lr_g, config,
+                                        self.total_steps)
+    self.image_shape = models.image_shape(config)
+
+  # -- state ----------------------------------------------------------------------------------
+  def create_state(self, key: jax.Array) -> SSLState:
+    """Initial state from `key` (the Ladder's initialisation follows Rasmus et al.'s code)."""
+    g_key, d_key = jax.random.split(key)
+    x = jnp.zeros((2, *self.image_shape), jnp.float32)
+    d_vars = self.ladder.init({'params': d_key, 'noise': d_key}, x, train=False)
+    d = step_lib.Player(d_vars['params'], d_vars['batch_stats'], self.d_tx.init(d_vars['params']))
+    g = None
+    if self.is_ebgan:
+      z = jnp.zeros((2, self.config.model.latent_dim), jnp.float32)
+      g_vars = self.generator.init({'params': g_key, 'noise': g_key}, z, train=False)
+      g = step_lib.Player(g_vars['params'], g_vars.get('batch_stats', {}),
+                          self.g_tx.init(g_vars['params']))
+    return SSLState(step=jnp.int32(0), d=d, g=g)
+
+  def margin(self, step: jax.Array | int) -> jax.Array:
+    """m at `step`: App. D's linear decay from 16 to 0 (0 for the plain Ladder)."""
+    return losses.margin_at(step, self.config.loss.margin, self.config.loss.margin_decay_steps)
+
+  def to_ladder_pixels(self, x: jax.Array) -> jax.Array:
+    """[-1, 1] images -> the Ladder's pixel range (config.pixel_range; (0, 1) in App. D)."""
+    low, high = self.config.pixel_range
+    return low + (x + 1.0) * (0.5 * (high - low))
+
+  def sample_latents(self, key: jax.Array, num: int) -> jax.Array:
+    """z ~ N(0, I), shape [num, latent_dim]."""
+    return jax.random.normal(key, (num, self.config.model.latent_dim), jnp.float32)
+
+  def generate(self, g_params: Any, g_batch_stats: Any, z: jax.Array) -> jax.Array:
+    """G(z) in inference mode, images [B, H, W, C] in [-1, 1] (for sample grids)."""
+    return self.generator.apply({'params': g_params, 'batch_stats': g_batch_stats}, z,
+                                train=False, rngs={'noise': jax.random.key(0)})
+
+  # -- the step -------------------------------------------------------------------------------
+  def _ladder(self, params, batch_stats, x, key, train: bool = True):
+    """The Ladder on pixels `x` [B, H, W, C] (already in its range); (outputs, batch_stats)."""
+    if not train:  # Clean path, running statistics, no noise.
+      return self.ladder.apply({'params': params, 'batch_stats': batch_stats}, x,
+                               train=False), batch_stats
+    out, updates = self.ladder.apply({'params': params, 'batch_stats': batch_stats}, x,
+                                     train=True, rngs={'noise': key}, mutable=['batch_stats'])
+    return out, updates['batch_stats']
+
+  def train_step(self, state: SSLState, labelled_batch: LabelledBatch,
+                 unlabelled_batch: jax.Array, key: jax.Array,
+                 batch_sharding: jax.sharding.Sharding | None = None
+                 ) -> tuple[SSLState, Metrics]:
+    """One D update (and, for EBGAN-LN while step < generator_off_step, one G update).
+
+    Args:
+      state: the current state.
+      labelled_batch: (images [B_l, H, W, C] in [-1, 1], int labels [B_l]).
+      unlabelled_batch: images [B, H, W, C] in [-1, 1].
+      key: the run's train key; the step's randomness is `fold_in(key, state.step)`.
+      batch_sharding: when given, z and G(z) are constrained to it (data parallel).
+    Returns:
+      The new state and scalar metrics (the same keys whether G is on or off).
+    """
+    if not self.is_ebgan:
+      return self._step(state, labelled_batch, unlabelled_batch, key, batch_sharding, False)
+    return jax.lax.cond(
+        state.step < self.config.generator_off_step,
+        lambda s: self._step(s, labelled_batch, unlabelled_batch, key, batch_sharding, True),
+        lambda s: self._step(s, labelled_batch, unlabelled_batch, key, batch_sharding, False),
+        state)
+
+  def _step(self, state: SSLState, labelled_batch: LabelledBatch, unlabelled_batch: jax.Array,
+            key: jax.Array, batch_sharding: jax.sharding.Sharding | None, generator_on: bool
+            ) -> tuple[SSLState, Metrics]:
+    """The step with G on (EBGAN-LN before the switch-off) or off (Ladder; EBGAN-LN after)."""
+    cfg = self.config
+    key = jax.random.fold_in(key, state.step)
+    lab_key, unl_key, fake_key, z_key, g_noise_key, g_d_key = jax.random.split(key, 6)
+    x_lab = self.to_ladder_pixels(labelled_batch[0])   # [B_l, H, W, C]
+    labels = labelled_batch[1]                          # [B_l]
+    x_unl = self.to_ladder_pixels(unlabelled_batch)     # [B, H, W, C]
+    margin = self.margin(state.step)
+    fake_train = cfg.ssl.fake_through_corrupted
+
+    if generator_on:
+      z = self.sample_latents(z_key, unlabelled_batch.shape[0])  # [B, latent]
+      if batch_sharding is not None:
+        z = jax.lax.with_sharding_constraint(z, batch_sharding)
+
+      def g_forward(g_params):
+        x_fake, updates = self.generator.apply(
+            {'params': g_params, 'batch_stats': state.g.batch_stats}, z, train=True,
+            rngs={'noise': g_noise_key}, mutable=['batch_stats'])
+        return x_fake, updates.get('batch_stats', state.g.batch_stats)
+
+      x_fake, g_vjp, g_batch_stats = jax.vjp(g_forward, state.g.params, has_aux=True)
+      x_fake_pix = self.to_ladder_pixels(x_fake)  # [B, H, W, C]
+
+    # Discriminator update; G(z) is a constant here.
+    def d_objective(d_params):
+      out_lab, stats = self._ladder(d_params, state.d.batch_stats, x_lab, lab_key)
+      ce = jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(
+          out_lab['logits_corrupted'], labels))
+      out_unl, stats = self._ladder(d_params, stats, x_unl, unl_key)
+      e_real = losses.squared_l2_energy(x_unl, out_unl['x_rec'])  # [B]
+      loss = cfg.loss.class_weight * ce + cfg.loss.recon_weight * jnp.mean(e_real)
+      aux = {'ce_loss': ce, 'energy_real': jnp.mean(e_real),
+             'train_error': jnp.mean(jnp.argmax(out_lab['logits_corrupted'], -1) != labels)}
+      if generator_on:
+        out_fake, fake_stats = self._ladder(d_params, stats, x_fake_pix, fake_key, fake_train)
+        if cfg.ssl.fake_updates_batch_stats:
+          stats = fake_stats
+        e_fake = losses.squared_l2_energy(x_fake_pix, out_fake['x_rec'])  # [B]
+        hinge = jnp.mean(jax.nn.relu(margin - e_fake))  # Eq. (1)'s second term, per sample.
+        loss = loss + cfg.loss.hinge_weight * hinge
+        aux |= {'energy_fake': jnp.mean(e_fake), 'hinge': hinge}
+      else:
+        aux |= {'energy_fake': jnp.float32(0.0), 'hinge': jnp.float32(0.0)}
+      return loss, (stats, aux)
+
+    (d_loss, (d_batch_stats, d_aux)), d_grads = jax.value_and_grad(
+        d_objective, has_aux=True)(state.d.params)
+    d_updates, d_opt_state = self.d_tx.update(d_grads, state.d.opt_state, state.d.params)
+    d_params = optax.apply_updates(state.d.params, d_updates)
+    new_d = step_lib.Player(d_params, d_batch_stats, d_opt_state)
+
+    metrics = {'d_loss': d_loss, **d_aux, 'd_grad_norm': optax.tree.norm(d_grads)}
+    if not self.is_ebgan:
+      return SSLState(step=state.step + 1, d=new_d, g=None), metrics
+    metrics['margin'] = margin
+
+    if not generator_on:  # After the switch-off: G and its optimizer are left as they are.
+      metrics |= {'g_loss': jnp.float32(0.0), 'g_grad_norm': jnp.float32(0.0),
+                  'generator_on': jnp.float32(0.0)}
+      return SSLState(step=state.step + 1, d=new_d, g=state.g), metrics
+
+    # Generator update, Eq. (2): mean energy of G(z) under the updated D (its running
+    # statistics untouched).
+    def g_objective(x_fake_images):
+      out, _ = self._ladder(d_params, d_batch_stats, self.to_ladder_pixels(x_fake_images),
+                            g_d_key, fake_train)
+      return losses.g_loss(losses.squared_l2_energy(self.to_ladder_pixels(x_fake_images),
+                                                    out['x_rec']))
+
+    g_loss, dx = jax.value_and_grad(g_objective)(x_fake)
+    (g_grads,) = g_vjp(dx)
+    g_updates, g_opt_state = self.g_tx.update(g_grads, state.g.opt_state, state.g.params)
+    g_params = optax.apply_updates(state.g.params, g_updates)
+    metrics |= {'g_loss': g_loss, 'g_grad_norm': optax.tree.norm(g_grads),
+                'generator_on': jnp.float32(1.0)}
+    new_g = step_lib.Player(g_params, g_batch_stats, g_opt_state)
+    return SSLState(step=state.step + 1, d=new_d, g=new_g), metrics
+
+  # -- evaluation -----------------------------------------------------------------------------
+  def predict(self, d_params: Any, d_batch_stats: Any, images: jax.Array) -> jax.Array:
+    """Clean-path class predictions [B] for images [B, H, W, C] in [-1, 1]."""
+    out = self.ladder.apply({'params': d_params, 'batch_stats': d_batch_stats},
+                            self.to_ladder_pixels(images), train=False)
+    return jnp.argmax(out['logits_clean'], axis=-1)
+
+  def evaluate(self, state: SSLState, images: np.ndarray, labels: np.ndarray,
+               batch_size: int | None = None) -> float:
+    """Error rate (a fraction) of the clean path on (images [N, H, W, C], labels [N]).
+
+    The clean path uses running BN statistics, so each example's prediction is independent of
+    its batch; the last batch is zero-padded and its padding ignored.
+    """
+    batch_size = batch_size or self.config.ssl.eval_batch_size
+    predict = jax.jit(self.predict)
+    num = images.shape[0]
+    wrong = 0
+    for start in range(0, num, batch_size):
+      chunk = images[start:start + batch_size]
+      real = chunk.shape[0]
+      if real < batch_size:
+        chunk = np.concatenate([chunk, np.zeros((batch_size - real, *chunk.shape[1:]),
+                                                chunk.dtype)])
+      pred = np.asarray(predict(state.d.params, state.d.batch_stats, chunk))[:real]
+      wrong += int(np.sum(pred != labels[start:start + real]))
+    return wrong / num
+
+
+def jit_train_step(trainer: Trainer, mesh: jax.sharding.Mesh
+                   ) -> Callable[[SSLState, LabelledBatch, jax.Array, jax.Array],
+                                 tuple[SSLState, Metrics]]:
+  """`trainer.train_step` compiled over `mesh`: batches split on 'data', state replicated.
+
+  The input state's buffers are donated.
+  """
+  batch = sharding.batch_sharding(mesh)
+  repl = sharding.replicated(mesh)
+
+  def step_fn(state, labelled_batch, unlabelled_batch, key):
+    return trainer.train_step(state, labelled_batch, unlabelled_batch, key,
+                              batch_sharding=batch)
+
+  return jax.jit(step_fn, in_shardings=(repl, (batch, batch), batch, repl),
+                 out_shardings=(repl, repl), donate_argnums=0)
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+class SSLData:
+  """The labelled subset, the unlabelled set and the test split, in host memory.
+
+  Batches are pure functions of (seed, step) (`ssl_data.stream_indices`), so a resumed run sees
+  the same batches; each process takes its slice of every global batch.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    images, labels = input_pipeline.split_arrays(config, 'train')  # [N, H, W, C], [N]
+    self.labelled_idx = ssl_data.balanced_labelled_subset(
+        labels, config.ssl.num_labelled, config.ssl.labelled_seed)  # [num_labelled]
+    self.labelled_images = images[self.labelled_idx]
+    self.labelled_labels = labels[self.labelled_idx]
+    if config.ssl.unlabelled_includes_labelled:
+      self.unlabelled_images = images
+    else:
+      self.unlabelled_images = np.delete(images, self.labelled_idx, axis=0)
+    self.test_images, self.test_labels = input_pipeline.split_arrays(config, 'test')
+
+  def batch(self, step: int, mesh: jax.sharding.Mesh) -> tuple[LabelledBatch, jax.Array]:
+    """The global (labelled, unlabelled) batches of `step`, sharded over `mesh`."""
+    cfg = self.config
+    seed = cfg.seed
+    lab = ssl_data.stream_indices(len(self.labelled_labels), cfg.ssl.labelled_batch_size,
+                                  step, (seed, 0))
+    unl = ssl_data.stream_indices(len(self.unlabelled_images), cfg.batch_size, step, (seed, 1))
+    lab, unl = _process_slice(lab), _process_slice(unl)
+    return ((sharding.global_batch(self.labelled_images[lab], mesh),
+             sharding.global_batch(self.labelled_labels[lab], mesh)),
+            sharding.global_batch(self.unlabelled_images[unl], mesh))
+
+
+def _process_slice(indices: np.ndarray) -> np.ndarray:
+  """This process's contiguous part of a global batch's indices."""
+  local = input_pipeline.local_batch_size(len(indices), jax.process_count())
+  return indices[jax.process_index() * local:(jax.process_index() + 1) * local]
+
+
+# -- the loop -----------------------------------------------------------------------------------
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
+                       ) -> tuple[SSLState, dict[str, Any]]:
+  """Trains `config` in `workdir` (resuming from its newest checkpoint); returns the final
+  state and the results written to `workdir/results.json` (test error of the clean path)."""
+  workdir = pathlib.Path(workdir)
+  workdir_lib.record_config(workdir, config, write=jax.process_index() == 0)
+  num_steps = config.total_steps
+  mesh = sharding.make_mesh(config.ssl.get('num_devices', 0) or None)
+  for name, size in (('batch_size', config.batch_size),
+                     ('ssl.labelled_batch_size', config.ssl.labelled_batch_size)):
+    if size % mesh.devices.size:
+      raise ValueError(f'config.{name}={size} does not split over {mesh.devices.size} devices '
+                       '(App. D uses 100); set --config.ssl.num_devices to a divisor of it, '
+                       'or run one seed per device.')
+  trainer = Trainer(config, num_steps)
+  data = SSLData(config)
+
+  init_key, train_key, sample_key = jax.random.split(jax.random.key(config.seed), 3)
+  state = jax.jit(trainer.create_state, out_shardings=sharding.replicated(mesh))(init_key)
+  ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', config.keep_checkpoints)
+  state, restored = ckpt.restore_latest(state)
+  start = 0 if restored is None else int(state.step)
+  if restored is not None:
+    logging.info('Resumed from the checkpoint of step %d.', start)
+
+  train_step = jit_train_step(trainer, mesh)
+  writer = metric_writer.MetricWriter(workdir / 'logs')
+  buffer = train_lib._MetricsBuffer()  # pylint: disable=protected-access  # Same checks.
+  sample_z = (trainer.sample_latents(sample_key, config.num_sample_images)
+              if trainer.is_ebgan else None)
+  generate = jax.jit(trainer.generate) if trainer.is_ebgan else None
+
+  def write_samples(step_number: int) -> None:
+    if generate is None:
+      return
+    images = sample.to_uint8(generate(state.g.params, state.g.batch_stats, sample_z))
+    if jax.process_index() == 0:
+      grid = sample.image_grid(images)
+      metric_writer.write_png(workdir / 'samples' / f'step_{step_number:07d}.png', grid)
+      writer.write_image(step_number, 'samples', grid)
+
+  def test_error() -> float:
+    return trainer.evaluate(state, data.test_images, data.test_labels)
+
+  def save(step_number: int) -> None:
+    means = buffer.flush()  # Never save a state whose losses were not finite.
+    if means is not None:
+      writer.write_scalars(step_number, {f'train/{k}': v for k, v in means.items()})
+    ckpt.save(step_number, state)
+    writer.write_scalars(step_number, {'eval/test_error': test_error()})
+
+  logging.info('%s: %d labels, training %d steps (from step %d) on %d device(s).',
+               config.variant, config.ssl.num_labelled, num_steps, start, jax.device_count())
+  t_start, s_start = time.time(), start
+  try:
+    with train_lib._StopSignal() as stop:  # pylint: disable=protected-access
+      for s in range(start, num_steps):
+        labelled, unlabelled = data.batch(s, mesh)
+        state, metrics = train_step(state, labelled, unlabelled, train_key)
+        done = s + 1
+        buffer.add(done, metrics)
+        if done % config.log_every_steps == 0 or done == num_steps:
+          means = buffer.flush()
+          writer.write_scalars(done, {f'train/{k}': v for k, v in means.items()})
+          rate = (done - s_start) / max(time.time() - t_start, 1e-9)
+          logging.info('step %d/%d  %.2f steps/s  %s', done, num_steps, rate,
+                       '  '.join(f'{k}={v:.4g}' for k, v in sorted(means.items())))
+        if stop.should_stop(done):
+          save(done)
+          logging.warning('Stopped by %s at step %d; checkpoint saved. Run the same command '
+                          'to resume.', stop.received or 'a signal to another process', done)
+          return state, {}
+        if done % config.checkpoint_every_steps == 0 or done == num_steps:
+          save(done)
+        if done % config.sample_every_steps == 0 or done == num_steps:
+          write_samples(done)
+    error = test_error()
+    train_seconds = time.time() - t_start
+  finally:
+    writer.close()
+    ckpt.close()
+  results = {'variant': config.variant, 'num_labelled': config.ssl.num_labelled,
+             'seed': config.seed, 'labelled_seed': config.ssl.labelled_seed,
+             'dataset': config.dataset, 'steps': num_steps,
+             'test_error': error, 'test_error_percent': 100.0 * error,
+             'num_test': int(len(data.test_labels)),
+             'train_seconds_this_session': train_seconds, 'device': str(jax.devices()[0]),
+             'device_count': jax.device_count()}
+  if jax.process_index() == 0:
+    (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=2, sort_keys=True))
+  logging.info('Test error (clean path, %d test images): %.2f%%', len(data.test_labels),
+               100.0 * error)
+  return state, results

@@ -1,0 +1,168 @@
+"""Tests of ebgan_jax.scores against hand-worked values and independent numpy/scipy code."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+import scipy.stats
+
+from ebgan_jax import scores
+
+
+def _dirichlet_probs(n: int, k: int, seed: int) -> np.ndarray:
+  """Fixed random p(y|x) rows, all entries well above the log floor."""
+  return np.random.default_rng(seed).dirichlet(np.ones(k), size=n).astype(np.float32)
+
+
+# --- Modified inception score I' (App. C) and IS (Salimans et al., 2016) ---------------------
+
+
+def test_modified_inception_score_matches_scipy_kl():
+  probs = _dirichlet_probs(n=50, k=10, seed=0)
+  marginal = probs.astype(np.float64).mean(axis=0)
+  # scipy.stats.entropy(p, q) = KL(p || q); App. C puts p(y) first.
+  expected = np.mean([scipy.stats.entropy(marginal, row) for row in probs.astype(np.float64)])
+  got = scores.modified_inception_score(jnp.asarray(probs))
+  chex.assert_shape(got, ())
+  chex.assert_trees_all_close(got, expected, rtol=1e-5)
+
+
+def test_inception_score_matches_scipy_kl():
+  probs = _dirichlet_probs(n=50, k=10, seed=1)
+  marginal = probs.astype(np.float64).mean(axis=0)
+  expected = math.exp(np.mean([scipy.stats.entropy(row, marginal)
+                               for row in probs.astype(np.float64)]))
+  chex.assert_trees_all_close(scores.inception_score(jnp.asarray(probs)), expected, rtol=1e-5)
+
+
+def test_log_probs_path_agrees_when_floor_is_inactive():
+  logits = np.random.default_rng(2).normal(size=(40, 10)).astype(np.float32)
+  probs, log_probs = jax.nn.softmax(logits), jax.nn.log_softmax(logits)
+  chex.assert_trees_all_close(scores.modified_inception_score(probs, log_probs),
+                              scores.modified_inception_score(probs), rtol=1e-5)
+  chex.assert_trees_all_close(scores.inception_score(probs, log_probs),
+                              scores.inception_score(probs), rtol=1e-5)
+
+
+def test_uniform_predictions_score_zero_and_one():
+  # p(y|x) = 1/10 for every x, so p(y) = p(y|x): every KL is 0, I' = 0 and IS = exp(0) = 1.
+  probs = jnp.full((8, 10), 0.1)
+  chex.assert_trees_all_close(scores.modified_inception_score(probs), 0.0, atol=1e-6)
+  chex.assert_trees_all_close(scores.inception_score(probs), 1.0, atol=1e-6)
+
+
+def test_one_hot_diverse_predictions():
+  probs = jnp.eye(10)  # sample i is class i with certainty; p(y) = 1/10 each.
+  # IS: KL(onehot_i || uniform) = 1 * log(1 / 0.1) = log 10 for every i, so IS = exp(log 10) = 10.
+  chex.assert_trees_all_close(scores.inception_score(probs), 10.0, rtol=1e-5)
+  # I': KL(uniform || max(onehot_i, eps)) = sum_y 0.1 (log 0.1 - log q_y)
+  #   = log 0.1 - 0.1 * (9 log eps + log 1) = -2.302585 + 0.9 * 27.631021 = 22.565334.
+  chex.assert_trees_all_close(scores.modified_inception_score(probs), 22.565334, rtol=1e-5)
+  # Without the floor log q_y = -inf for 9 classes: the exact I' is infinite.
+  assert scores.modified_inception_score(probs, jnp.log(probs)) == jnp.inf
+
+
+def test_two_class_soft_predictions_by_hand():
+  probs = jnp.array([[0.75, 0.25], [0.25, 0.75]])  # p(y) = (0.5, 0.5)
+  # I': each row KL((.5,.5) || (.75,.25)) = .5 log(.5/.75) + .5 log(.5/.25) = .5 log(4/3).
+  chex.assert_trees_all_close(scores.modified_inception_score(probs), 0.5 * math.log(4 / 3),
+                              rtol=1e-5)
+  # IS: each row KL((.75,.25) || (.5,.5)) = .75 log 1.5 + .25 log .5, so IS = 1.5^.75 * .5^.25.
+  chex.assert_trees_all_close(scores.inception_score(probs), 1.5**0.75 * 0.5**0.25, rtol=1e-5)
+
+
+def test_collapsed_generator_scores_zero_and_one():
+  # Mode collapse: every sample is a confident "3". p(y) = p(y|x), so I' = 0 and IS = 1;
+  # the 0 log 0 terms of the other classes count as 0.
+  probs = jnp.tile(jax.nn.one_hot(3, 10), (6, 1))
+  chex.assert_trees_all_close(scores.modified_inception_score(probs), 0.0, atol=1e-6)
+  chex.assert_trees_all_close(scores.inception_score(probs), 1.0, atol=1e-6)
+
+
+def test_scores_stay_finite_when_softmax_underflows():
+  logits = jnp.array([[0.0, -200.0, -200.0], [-200.0, 0.0, -200.0]])  # probs exactly one-hot
+  probs, log_probs = jax.nn.softmax(logits), jax.nn.log_softmax(logits)
+  chex.assert_tree_all_finite(scores.modified_inception_score(probs))
+  exact = scores.modified_inception_score(probs, log_probs)
+  # Exact: KL((.5,.5,0) || row 0) = .5 (log .5 - 0) + .5 (log .5 + 200) = 100 + log .5.
+  chex.assert_trees_all_close(exact, 100.0 + math.log(0.5), rtol=1e-5)
+
+
+def test_scores_jit():
+  probs = jnp.asarray(_dirichlet_probs(n=16, k=10, seed=3))
+  chex.assert_trees_all_close(jax.jit(scores.modified_inception_score)(probs),
+                              scores.modified_inception_score(probs), rtol=1e-6)
+
+
+# --- Frechet distance ------------------------------------------------------------------------
+
+
+def _scipy_frechet(mu1, sigma1, mu2, sigma2) -> float:
+  """The reference FID formula in float64 with a general matrix square root."""
+  mu1, sigma1, mu2, sigma2 = (np.asarray(a, np.float64) for a in (mu1, sigma1, mu2, sigma2))
+  covmean = scipy.linalg.sqrtm(sigma1 @ sigma2).real
+  diff = mu1 - mu2
+  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def test_feature_statistics_match_numpy():
+  feats = np.random.default_rng(4).normal(size=(200, 6)).astype(np.float32)
+  mu, sigma = scores.feature_statistics(jnp.asarray(feats))
+  chex.assert_shape((mu, sigma), ((6,), (6, 6)))
+  chex.assert_trees_all_close(mu, feats.mean(axis=0), atol=1e-6)
+  chex.assert_trees_all_close(sigma, np.cov(feats, rowvar=False), rtol=1e-5, atol=1e-6)
+
+
+def test_frechet_distance_diagonal_by_hand():
+  mu1, mu2 = jnp.array([0.0, 0.0]), jnp.array([3.0, 4.0])
+  sigma1, sigma2 = jnp.diag(jnp.array([1.0, 4.0])), jnp.diag(jnp.array([4.0, 9.0]))
+  # Diagonal: tr sqrt(S1 S2) = sqrt(1*4) + sqrt(4*9) = 8, so
+  # d^2 = (9 + 16) + (1 + 4) + (4 + 9) - 2 * 8 = 25 + 2 = 27.
+  chex.assert_trees_all_close(scores.frechet_distance(mu1, sigma1, mu2, sigma2), 27.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize('n1,n2,dim', [(300, 400, 16), (40, 30, 64)])
+def test_frechet_distance_matches_scipy_sqrtm(n1, n2, dim):
+  rng = np.random.default_rng(dim)
+  mixing = rng.normal(size=(dim, dim))  # correlated, non-commuting covariances
+  feats1 = rng.normal(size=(n1, dim)) @ mixing
+  feats2 = 0.5 + rng.normal(size=(n2, dim)) @ (mixing + 0.3 * rng.normal(size=(dim, dim)))
+  mu1, sigma1 = feats1.mean(axis=0), np.cov(feats1, rowvar=False)  # rank-deficient if n < dim
+  mu2, sigma2 = feats2.mean(axis=0), np.cov(feats2, rowvar=False)
+  expected = _scipy_frechet(mu1, sigma1, mu2, sigma2)
+  got = scores.frechet_distance(*(jnp.asarray(a, jnp.float32) for a in (mu1, sigma1, mu2, sigma2)))
+  # float32 (see frechet_distance's docstring): ~1e-5 of the traces when n >> dim, ~1e-3 when
+  # the covariances are rank-deficient (measured 7e-4 * 2885 = 2.0 of 2885 for n = 40, 30).
+  tolerance = 1e-4 if min(n1, n2) > dim else 2e-3
+  scale = np.trace(sigma1) + np.trace(sigma2)
+  np.testing.assert_allclose(float(got), expected, atol=tolerance * scale)
+
+
+def test_frechet_distance_of_identical_statistics_is_near_zero():
+  feats = jnp.asarray(np.random.default_rng(5).normal(size=(500, 32)), jnp.float32)
+  mu, sigma = scores.feature_statistics(feats)
+  got = jax.jit(scores.frechet_distance)(mu, sigma, mu, sigma)
+  assert 0.0 <= float(got) < 1e-4 * float(2 * jnp.trace(sigma))
+
+
+def test_frechet_distance_rejects_mismatched_shapes():
+  with pytest.raises(ValueError, match='Mismatched'):
+    scores.frechet_distance(jnp.zeros(3), jnp.eye(3), jnp.zeros(4), jnp.eye(4))
+
+
+# --- Mode coverage ---------------------------------------------------------------------------
+
+
+def test_class_histogram_from_probs_and_labels():
+  labels = jnp.array([0, 0, 3, 3, 3, 9])
+  expected = np.array([2, 0, 0, 3, 0, 0, 0, 0, 0, 1])
+  chex.assert_trees_all_equal(scores.class_histogram(labels, 10), expected)
+  probs = 0.9 * jax.nn.one_hot(labels, 10) + 0.01  # argmax = label
+  chex.assert_trees_all_equal(scores.class_histogram(probs, 10), expected)
+  histogram = scores.class_histogram(labels, 10)
+  assert int(scores.modes_covered(histogram)) == 3
+  assert int(scores.modes_covered(histogram, min_count=2)) == 2  # classes 0 and 3

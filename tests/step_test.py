@@ -1,0 +1,222 @@
+"""Tests of the train step: which gradient reaches which player, data parallelism, metrics.
+
+The expected updates are computed here from the flax modules and the paper's equations
+written out again in jnp (Eq. 1, 2, 13, 14), not through `ebgan_jax.losses` or the step.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import mnist_fc
+from ebgan_jax import sharding, step
+
+LATENT = 100
+BATCH = 8
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _fast_compiles():
+  previous = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', previous)
+
+
+def tiny_config(variant='ebgan_pt', optim='adam', lr_d=1e-3, lr_g=1e-3):
+  config = mnist_fc.get_config(variant)
+  config.model.size_g = config.model.size_d = 32
+  config.model.n_layer_g = 2
+  config.batch_size = BATCH
+  config.optim.optim_d = config.optim.optim_g = optim
+  config.optim.lr_d, config.optim.lr_g = lr_d, lr_g
+  return config
+
+
+def real_batch(seed=0):
+  """Stand-in real images [B, 32, 32, 1] in [-1, 1]."""
+  return np.random.RandomState(seed).uniform(-1, 1, (BATCH, 32, 32, 1)).astype(np.float32)
+
+
+def to_numpy(tree):
+  return jax.tree.map(np.asarray, tree)
+
+
+# Eqs. (13), (1), (2), (14), written out independently of ebgan_jax.losses.
+def ref_energy(x, x_rec):
+  return jnp.sqrt(jnp.sum((x_rec - x) ** 2, axis=(1, 2, 3)))  # [B]: ||Dec(Enc(x)) - x||_2
+
+
+def ref_pt(codes):
+  """(1 / (N (N-1))) sum_{i != j} cos(S_i, S_j)^2 via explicit pair loops' vectorised form."""
+  n = codes.shape[0]
+  unit = codes / jnp.linalg.norm(codes, axis=1, keepdims=True)
+  cos2 = (unit @ unit.T) ** 2
+  return (jnp.sum(cos2) - jnp.trace(cos2)) / (n * (n - 1))
+
+
+def step_z(train_key, step_number):
+  """The step's latents: fold_in(train_key, step), first of 5 split keys (STYLE.md, RNG keys)."""
+  z_key = jax.random.split(jax.random.fold_in(train_key, step_number), 5)[0]
+  return jax.random.normal(z_key, (BATCH, LATENT), jnp.float32)
+
+
+def test_d_update_holds_g_fixed_and_g_update_uses_updated_d():
+  lr_d, lr_g, margin, pt_weight = 0.1, 0.05, 10.0, 0.1
+  config = tiny_config('ebgan_pt', optim='sgd', lr_d=lr_d, lr_g=lr_g)
+  assert config.loss.margin == margin and config.loss.pt_weight == pt_weight
+  trainer = step.Trainer(config)
+  gen, disc = trainer.generator, trainer.discriminator
+  init_key, train_key = jax.random.split(jax.random.key(3))
+  state = trainer.create_state(init_key)
+  g0, d0 = to_numpy(state.g.params), to_numpy(state.d.params)
+  g_stats0, d_stats0 = to_numpy(state.g.batch_stats), to_numpy(state.d.batch_stats)
+  x_real = jnp.asarray(real_batch())
+
+  new_state, metrics = jax.jit(trainer.train_step)(state, x_real, train_key)
+
+  # --- Independent computation. ---
+  z = step_z(train_key, 0)
+  x_fake, g_vars = gen.apply({'params': g0, 'batch_stats': g_stats0}, z, train=True,
+                             mutable=['batch_stats'])
+  x_fake = jax.lax.stop_gradient(x_fake)  # G's output is a constant for D's update.
+
+  def d_apply(d_params, stats, x):
+    (rec, code), new_vars = disc.apply({'params': d_params, 'batch_stats': stats}, x,
+                                       train=True, mutable=['batch_stats'])
+    return rec, code, new_vars['batch_stats']
+
+  def d_loss_ref(d_params, x_fake):
+    rec_real, _, stats = d_apply(d_params, d_stats0, x_real)
+    rec_fake, _, stats = d_apply(d_params, stats, x_fake)
+    e_real, e_fake = ref_energy(x_real, rec_real), ref_energy(x_fake, rec_fake)
+    return jnp.mean(e_real + jnp.maximum(0.0, margin - e_fake)), stats
+
+  (d_loss_value, d_stats1), d_grad = jax.jit(jax.value_and_grad(d_loss_ref, has_aux=True))(
+      d0, x_fake)
+  d1 = jax.tree.map(lambda p, g: p - lr_d * g, d0, d_grad)  # plain SGD
+
+  def g_loss_ref(g_params, d_params):
+    x = gen.apply({'params': g_params, 'batch_stats': g_stats0}, z, train=True,
+                  mutable=['batch_stats'])[0]
+    rec, code, _ = d_apply(d_params, d_stats1, x)
+    return jnp.mean(ref_energy(x, rec)) + pt_weight * ref_pt(code)
+
+  g_loss_value, g_grad = jax.jit(jax.value_and_grad(g_loss_ref))(g0, d1)
+  g1 = jax.tree.map(lambda p, g: p - lr_g * g, g0, g_grad)
+
+  # --- The step did exactly this. ---
+  chex.assert_trees_all_close(to_numpy(new_state.d.params), to_numpy(d1), atol=1e-6, rtol=1e-5)
+  chex.assert_trees_all_close(to_numpy(new_state.g.params), to_numpy(g1), atol=1e-6, rtol=1e-5)
+  chex.assert_trees_all_close(to_numpy(new_state.d.batch_stats), to_numpy(d_stats1),
+                              atol=1e-6, rtol=1e-5)
+  chex.assert_trees_all_close(to_numpy(new_state.g.batch_stats),
+                              to_numpy(g_vars['batch_stats']), atol=1e-6, rtol=1e-5)
+  np.testing.assert_allclose(metrics['d_loss'], d_loss_value, rtol=1e-5)
+  np.testing.assert_allclose(metrics['g_loss'], g_loss_value, rtol=1e-5)
+  assert int(new_state.step) == 1
+
+  # --- The checks above can tell the alternatives apart. ---
+  def max_diff(a, b):
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a),
+                                                           jax.tree.leaves(b)))
+  # (i) G's gradient under the *old* D gives a visibly different update.
+  g_grad_old_d = jax.jit(jax.grad(g_loss_ref))(g0, d0)
+  assert lr_g * max_diff(g_grad, g_grad_old_d) > 1e-4
+  # (ii) Letting L_D's gradient flow into G (no stop-gradient on G(z)) would move G too.
+  def d_loss_through_g(g_params):
+    x = gen.apply({'params': g_params, 'batch_stats': g_stats0}, z, train=True,
+                  mutable=['batch_stats'])[0]
+    return d_loss_ref(d0, x)[0]
+  leak = jax.jit(jax.grad(d_loss_through_g))(g0)
+  assert lr_g * max(float(np.max(np.abs(l))) for l in jax.tree.leaves(leak)) > 1e-4
+  # (iii) Both players moved.
+  assert max_diff(new_state.d.params, d0) > 1e-4 and max_diff(new_state.g.params, g0) > 1e-4
+
+
+def test_step_on_two_devices_matches_one_device():
+  assert jax.device_count() >= 2, 'conftest fakes 2 CPU devices'
+  config = tiny_config('ebgan_pt')
+  trainer = step.Trainer(config, total_steps=10)
+  init_key, train_key = jax.random.split(jax.random.key(0))
+  batches = [real_batch(i) for i in range(2)]
+
+  def run(num_devices):
+    mesh = sharding.make_mesh(num_devices)
+    state = jax.jit(trainer.create_state, out_shardings=sharding.replicated(mesh))(init_key)
+    train_step = step.jit_train_step(trainer, mesh)
+    all_metrics = []
+    for b in batches:
+      images = sharding.global_batch(b, mesh)
+      assert len(images.sharding.device_set) == num_devices
+      state, metrics = train_step(state, images, train_key)
+      all_metrics.append(metrics)
+    return to_numpy(state), to_numpy(all_metrics)
+
+  state_1, metrics_1 = run(1)
+  state_2, metrics_2 = run(2)
+  chex.assert_tree_all_finite(state_2)
+  # Adam, as in the paper's EBGANs: also checks that no parameter has a gradient that is pure
+  # round-off (e.g. a bias right before BatchNorm), which Adam would blow up to +-lr.
+  chex.assert_trees_all_close(state_2, state_1, atol=1e-5, rtol=1e-5)
+  chex.assert_trees_all_close(metrics_2, metrics_1, atol=1e-5, rtol=1e-5)
+  assert int(state_2.step) == 2
+
+
+def test_gan_kind_runs_and_only_ebgan_reports_pt_and_margin():
+  x_real = jnp.asarray(real_batch())
+  keys = {}
+  for variant in ('gan', 'ebgan_pt'):
+    config = tiny_config(variant)
+    trainer = step.Trainer(config)
+    state = trainer.create_state(jax.random.key(0))
+    g0, d0 = to_numpy(state.g.params), to_numpy(state.d.params)
+    new_state, metrics = jax.jit(trainer.train_step)(state, x_real, jax.random.key(1))
+    chex.assert_tree_all_finite((new_state, metrics))
+    for name, old, new in (('G', g0, new_state.g.params), ('D', d0, new_state.d.params)):
+      changed = any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(old),
+                                                          jax.tree.leaves(to_numpy(new))))
+      assert changed, f'{variant}: {name} params did not change'
+    keys[variant] = set(metrics)
+  assert {'d_loss', 'g_loss', 'pt', 'margin', 'energy_real', 'energy_fake'} <= keys['ebgan_pt']
+  assert {'d_loss', 'g_loss'} <= keys['gan']
+  assert not {'pt', 'margin', 'energy_real', 'energy_fake'} & keys['gan']
+
+
+def test_gan_d_loss_is_binary_cross_entropy():
+  """GAN baseline: L_D = mean(-log s(l_real) - log(1 - s(l_fake))) with G(z) held fixed."""
+  config = tiny_config('gan', optim='sgd', lr_d=0.1, lr_g=0.1)
+  trainer = step.Trainer(config)
+  init_key, train_key = jax.random.split(jax.random.key(5))
+  state = trainer.create_state(init_key)
+  x_real = jnp.asarray(real_batch(2))
+  _, metrics = jax.jit(trainer.train_step)(state, x_real, train_key)
+  z = step_z(train_key, 0)
+  x_fake = trainer.generator.apply(
+      {'params': state.g.params, 'batch_stats': state.g.batch_stats}, z, train=True,
+      mutable=['batch_stats'])[0]
+  variables = {'params': state.d.params, 'batch_stats': state.d.batch_stats}
+  logit_real = np.asarray(trainer.discriminator.apply(variables, x_real, train=True,
+                                                      mutable=['batch_stats'])[0], np.float64)
+  logit_fake = np.asarray(trainer.discriminator.apply(variables, x_fake, train=True,
+                                                      mutable=['batch_stats'])[0], np.float64)
+  sigmoid = lambda l: 1.0 / (1.0 + np.exp(-l))
+  expected = np.mean(-np.log(sigmoid(logit_real)) - np.log(1.0 - sigmoid(logit_fake)))
+  np.testing.assert_allclose(metrics['d_loss'], expected, rtol=1e-5)
+
+
+def test_margin_metric_follows_linear_decay():
+  config = tiny_config('ebgan')
+  config.loss.margin_decay_steps = 4
+  trainer = step.Trainer(config)
+  state = trainer.create_state(jax.random.key(0))
+  train_step = jax.jit(trainer.train_step)
+  x_real = jnp.asarray(real_batch())
+  margins = []
+  for _ in range(6):
+    state, metrics = train_step(state, x_real, jax.random.key(1))
+    margins.append(float(metrics['margin']))
+  # m(s) = 10 * max(0, 1 - s / 4) at the step's starting count s = 0..5, by hand.
+  np.testing.assert_allclose(margins, [10.0, 7.5, 5.0, 2.5, 0.0, 0.0], atol=1e-6)

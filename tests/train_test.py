@@ -1,0 +1,273 @@
+"""Tests of the training loop, in-process and through `python -m ebgan_jax.main`.
+
+A tiny fully-connected EBGAN-PT (widths 32, 2-layer G, batch 8) on the embedded digits; runs
+are a few steps long. Subprocesses get the same two faked CPU devices as this process.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from configs import mnist_fc
+from ebgan_jax import checkpoint, input_pipeline, sample, step, train
+from ebgan_jax import workdir as workdir_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = {
+    'model.size_g': 32, 'model.size_d': 32, 'model.n_layer_g': 2, 'batch_size': 8,
+    'log_every_steps': 2, 'checkpoint_every_steps': 2, 'sample_every_steps': 4,
+    'num_sample_images': 16, 'keep_checkpoints': 3,
+}
+TIMEOUT = 300  # seconds, for any one subprocess
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _fast_compiles():
+  previous = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', previous)
+
+
+def overrides(tfds_data_dir, **extra):
+  return {**TINY, 'tfds_data_dir': tfds_data_dir, **{k.replace('__', '.'): v
+                                                      for k, v in extra.items()}}
+
+
+def make_config(tfds_data_dir, **extra):
+  config = mnist_fc.get_config('ebgan_pt')
+  for key, value in overrides(tfds_data_dir, **extra).items():
+    *parents, leaf = key.split('.')
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def main_command(workdir, tfds_data_dir, **extra):
+  return [sys.executable, '-m', 'ebgan_jax.main',
+          f'--config={REPO}/configs/mnist_fc.py:ebgan_pt', f'--workdir={workdir}',
+          *[f'--config.{k}={v}' for k, v in overrides(tfds_data_dir, **extra).items()]]
+
+
+def subprocess_env():
+  env = dict(os.environ)
+  env.update(PYTHONPATH=str(REPO), XLA_FLAGS='--xla_force_host_platform_device_count=2',
+             JAX_DISABLE_MOST_OPTIMIZATIONS='true', TF_CPP_MIN_LOG_LEVEL='2',
+             CUDA_VISIBLE_DEVICES='')
+  return env
+
+
+def run(cmd, timeout=TIMEOUT):
+  return subprocess.run(cmd, env=subprocess_env(), cwd=REPO, capture_output=True, text=True,
+                        timeout=timeout, check=False)
+
+
+def restore(workdir, step_number):
+  """The state saved at `step_number` in `workdir`, as numpy (config read from the workdir)."""
+  trainer = step.Trainer(workdir_lib.load_config(workdir))
+  target = trainer.create_state(jax.random.key(0))
+  ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / 'checkpoints')
+  try:
+    return jax.tree.map(np.asarray, ckpt.restore(step_number, target))
+  finally:
+    ckpt.close()
+
+
+def checkpoint_steps(workdir):
+  return sorted(int(p.name) for p in (pathlib.Path(workdir) / 'checkpoints').iterdir()
+                if p.name.isdigit())
+
+
+def tree_digest(folder):
+  """{relative path: sha1 of bytes} for every file under `folder`."""
+  folder = pathlib.Path(folder)
+  return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+          for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory, tfds_data_dir):
+  """An uninterrupted in-process run of 8 steps: checkpoints 4, 6, 8 (keep 3)."""
+  workdir = tmp_path_factory.mktemp('reference')
+  train.train_and_evaluate(make_config(tfds_data_dir, total_steps=8), str(workdir))
+  return workdir
+
+
+@pytest.mark.slow
+def test_resume_in_a_new_process_matches_uninterrupted_run(reference, tmp_path,
+                                                          tfds_data_dir):
+  workdir = tmp_path / 'split'
+  train.train_and_evaluate(make_config(tfds_data_dir, total_steps=4), str(workdir))
+  assert checkpoint_steps(workdir) == [2, 4]
+  # Only total_steps changes: the run resumes (a new process: nothing shared in memory).
+  result = run(main_command(workdir, tfds_data_dir, total_steps=8))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Resumed from the checkpoint of step 4' in result.stderr
+  assert checkpoint_steps(workdir) == [4, 6, 8]
+  resumed, uninterrupted = restore(workdir, 8), restore(reference, 8)
+  assert int(resumed.step) == 8
+  chex.assert_tree_all_finite(resumed)
+  chex.assert_trees_all_close(resumed, uninterrupted, atol=1e-6, rtol=1e-6)
+  # The run did train: step 8 differs from step 4.
+  assert not np.allclose(restore(workdir, 4).g.params['output']['kernel'],
+                         resumed.g.params['output']['kernel'])
+
+
+@pytest.mark.slow
+def test_sigterm_saves_exits_zero_and_rerun_resumes(tmp_path, tfds_data_dir):
+  workdir = tmp_path / 'preempted'
+  cmd = main_command(workdir, tfds_data_dir, total_steps=200, log_every_steps=1,
+                     checkpoint_every_steps=1000, sample_every_steps=1000)
+  metrics_file = workdir / 'logs' / 'metrics.jsonl'
+  proc = subprocess.Popen(cmd, env=subprocess_env(), cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + TIMEOUT
+    while not (metrics_file.exists() and metrics_file.read_text().strip()):
+      assert proc.poll() is None, f'exited early: {proc.communicate()[1][-3000:]}'
+      assert time.time() < deadline, 'no step logged in time'
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=TIMEOUT)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  assert proc.returncode == 0, stderr[-3000:]
+  steps = checkpoint_steps(workdir)
+  assert len(steps) == 1 and 1 <= steps[0] < 200, (steps, stderr[-3000:])
+  stop_step = steps[0]
+  assert f'Stopped by SIGTERM at step {stop_step}' in stderr
+  assert int(restore(workdir, stop_step).step) == stop_step
+
+  result = run(cmd)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'Resumed from the checkpoint of step {stop_step}' in result.stderr
+  assert checkpoint_steps(workdir) == [stop_step, 200]
+  assert int(restore(workdir, 200).step) == 200
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(
+    monkeypatch, tmp_path, tfds_data_dir):
+  """A NaN batch at step 5 makes the losses and all later params NaN."""
+  original = input_pipeline.train_batches
+
+  def poisoned_batches(config, *, start_step=0, **kwargs):
+    for i, batch in enumerate(original(config, start_step=start_step, **kwargs)):
+      yield np.full_like(batch, np.nan) if start_step + i + 1 == 5 else batch
+
+  monkeypatch.setattr(input_pipeline, 'train_batches', poisoned_batches)
+  workdir = tmp_path / 'nan'
+  # log_every 100: the non-finite value is first seen by the save at step 6.
+  config = make_config(tfds_data_dir, total_steps=8, log_every_steps=100)
+  with pytest.raises(train.NonFiniteLossError, match=r'at step 5\b'):
+    train.train_and_evaluate(config, str(workdir))
+  assert checkpoint_steps(workdir) == [2, 4]
+  last_good = restore(workdir, 4)
+  chex.assert_tree_all_finite(last_good)
+  assert not any(p.name.startswith(('6', '8')) for p in (workdir / 'checkpoints').iterdir())
+
+
+def test_corrupt_latest_checkpoint_is_moved_aside_and_previous_one_used(
+    reference, tmp_path, tfds_data_dir, caplog):
+  workdir = tmp_path / 'corrupt'
+  shutil.copytree(reference, workdir)
+  expected = restore(reference, 8)
+  manifest = workdir / 'checkpoints' / '8' / 'default' / 'manifest.ocdbt'
+  assert manifest.exists()
+  manifest.write_bytes(b'\x00garbage\x00' * 8)
+  damaged = tree_digest(workdir / 'checkpoints' / '8')
+
+  caplog.set_level(logging.WARNING)
+  train.train_and_evaluate(make_config(tfds_data_dir, total_steps=8), str(workdir))
+
+  assert 'Checkpoint 8' in caplog.text and 'does not restore' in caplog.text
+  # Kept, byte for byte, for inspection.
+  assert tree_digest(workdir / 'checkpoints' / 'corrupt-8') == damaged
+  # Resumed from 6, retrained steps 7 and 8: the same state as the uninterrupted run.
+  assert checkpoint_steps(workdir) == [4, 6, 8]
+  chex.assert_trees_all_close(restore(workdir, 8), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_other_config_is_refused_and_checkpoints_untouched(reference, tmp_path,
+                                                           tfds_data_dir):
+  workdir = tmp_path / 'mismatch'
+  shutil.copytree(reference, workdir)
+  before = tree_digest(workdir / 'checkpoints')
+  config_before = (workdir / 'config.json').read_text()
+  with pytest.raises(workdir_lib.ConfigMismatchError, match='loss.margin'):
+    train.train_and_evaluate(make_config(tfds_data_dir, total_steps=8, loss__margin=20.0),
+                             str(workdir))
+  assert tree_digest(workdir / 'checkpoints') == before
+  assert (workdir / 'config.json').read_text() == config_before
+
+
+@pytest.mark.slow
+def test_sample_cli_writes_uint8_images_and_explains_missing_runs(reference, tmp_path):
+  out = tmp_path / 'out' / 'images.npz'
+  sample_cmd = [sys.executable, '-m', 'ebgan_jax.sample', '--num=10', f'--out={out}']
+  procs = [subprocess.Popen(sample_cmd + [f'--workdir={w}'], env=subprocess_env(), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for w in (reference, tmp_path / 'no_such_run')]
+  try:
+    (_, ok_err), (_, missing_err) = [p.communicate(timeout=TIMEOUT) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  assert procs[0].returncode == 0, ok_err[-3000:]
+  with np.load(out) as data:
+    images = data['images']
+  assert images.dtype == np.uint8
+  chex.assert_shape(images, (10, 32, 32, 1))
+  assert images.std() > 0
+  assert procs[1].returncode != 0
+  assert 'does not hold an ebgan_jax run' in missing_err
+
+  # A workdir with a config but no checkpoint.
+  empty = tmp_path / 'untrained'
+  empty.mkdir()
+  shutil.copy(reference / 'config.json', empty / 'config.json')
+  with pytest.raises(FileNotFoundError, match='No restorable checkpoint'):
+    sample.load_generator(str(empty))
+
+
+def test_workdir_has_sample_grids_metrics_and_tensorboard_events(reference):
+  pngs = sorted(p.name for p in (reference / 'samples').glob('*.png'))
+  assert pngs == ['step_0000004.png', 'step_0000008.png']  # sample_every_steps = 4
+  assert (reference / 'samples' / pngs[0]).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+  records = [json.loads(line) for line in
+             (reference / 'logs' / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in records] == [2, 4, 6, 8]  # log_every_steps = 2
+  keys = {'train/d_loss', 'train/g_loss', 'train/energy_real', 'train/energy_fake',
+          'train/pt', 'train/margin'}
+  for r in records:
+    assert keys <= set(r), sorted(r)
+    assert r['train/margin'] == 10.0            # m = 10, no decay
+    assert 0.0 <= r['train/pt'] <= 1.0           # a mean squared cosine
+    assert r['train/energy_real'] >= 0.0 and r['train/energy_fake'] >= 0.0
+
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  events = list((reference / 'logs').glob('events.out.tfevents.*'))
+  assert events
+  tags = set()
+  for path in events:
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      tags.update(v.tag for v in event.summary.value)
+  assert keys | {'samples'} <= tags, sorted(tags)
