@@ -4,8 +4,9 @@ The state is one pytree (`TrainState`): each player's params, BatchNorm statisti
 state, the step counter, and the per-run hyper-parameters that a population of runs may vary
 (`margin`, `pt_weight`; learning rates live in the optax states through
 `optax.inject_hyperparams`), and, when `config.ema_decay` > 0, an exponential moving average
-of G's params (`g_ema`, beyond the paper; used for samples). orbax saves it as is, `jax.vmap` stacks it (population training),
-and `train_step(state, batch, key) -> (state, metrics)` is a pure function of it.
+of G's params (`g_ema`, beyond the paper; used for samples). orbax saves it as is, `jax.vmap`
+stacks it (population training), and `train_step(state, batch, key) -> (state, metrics)` is a
+pure function of it.
 """
 
 from __future__ import annotations
