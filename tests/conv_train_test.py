@@ -50,6 +50,7 @@ def test_lsun_patches_and_dog_subset_settings():
   assert _load('imagenet128', 'ebgan').image_size == 128
 
 
+@pytest.mark.slow
 def test_celeba_tiny_trains_with_train_and_evaluate(tfds_data_dir, tmp_path):
   config = _load('celeba', 'ebgan_pt,tiny', tfds_data_dir)
   config.ema_decay = 0.5  # samples and checkpoints with the generator EMA
@@ -67,6 +68,7 @@ def test_celeba_tiny_trains_with_train_and_evaluate(tfds_data_dir, tmp_path):
   assert (tmp_path / 'run' / 'checkpoints' / '3').exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name,arg', [('imagenet128', 'dcgan,tiny'), ('imagenet256', 'ebgan,tiny')])
 def test_tiny_imagenet_config_trains_on_mock_data(tfds_data_dir, name, arg):
   config = _load(name, arg, tfds_data_dir)
