@@ -77,8 +77,18 @@ def _member_keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Arra
 
 
 def create_population(configs: Sequence[ml_collections.ConfigDict], total_steps: int,
-                      mesh: jax.sharding.Mesh | None = None) -> Population:
-  """Stacks the initial states of `configs` (all of one signature) into one population."""
+                      mesh: jax.sharding.Mesh | None = None,
+                      strategy: str = 'vmap') -> Population:
+  """Stacks the initial states of `configs` (all of one signature) into one population.
+
+  Args:
+    configs: the members' configs, equal but for `MEMBER_FIELDS`.
+    total_steps: the schedule length (learning-rate decay).
+    mesh: the device mesh (default: all devices).
+    strategy: how one program advances every member: 'vmap' (batched matmuls: fills an
+      accelerator) or 'map' (`lax.map`: members one after the other inside one program; on
+      the 2-core CPU of BENCHMARKS.md it measured no faster than 'vmap').
+  """
   configs = list(configs)
   signatures = {shared_signature(c) for c in configs}
   if len(signatures) != 1:
@@ -110,10 +120,17 @@ def create_population(configs: Sequence[ml_collections.ConfigDict], total_steps:
   def member_step(state, images, key):
     return trainer.train_step(state, images, key)
 
-  vstep = jax.vmap(member_step, in_axes=(0, None, 0))
+  if strategy == 'vmap':
+    vstep = jax.vmap(member_step, in_axes=(0, None, 0))
 
-  def population_step(state, images):
-    return vstep(state, images, train_keys)
+    def population_step(state, images):
+      return vstep(state, images, train_keys)
+  elif strategy == 'map':
+    def population_step(state, images):
+      return jax.lax.map(lambda member: member_step(member[0], images, member[1]),
+                         (state, train_keys))
+  else:
+    raise ValueError(f"Unknown population strategy {strategy!r}: 'vmap' or 'map'.")
 
   jitted = jax.jit(population_step, in_shardings=(repl, batch), out_shardings=(repl, repl),
                    donate_argnums=0)

@@ -38,6 +38,8 @@ flags.DEFINE_integer('matmul_size', 0, 'Side of the square fp32 matmul for the p
                      '(0: 2048 on CPU, 8192 on accelerators).')
 flags.DEFINE_list('population_sizes', [], 'Also time populations of these sizes (config '
                   'ebgan_pt, batch 64, members differing in seed), e.g. 1,4,16.')
+flags.DEFINE_enum('population_strategy', 'vmap', ['vmap', 'map'],
+                  'How a population program advances its members (ebgan_jax.population).')
 flags.DEFINE_string('json', '', 'Write the results to this JSON file.')
 
 
@@ -117,7 +119,8 @@ def bench_population(size: int, batch_size: int, seconds: float,
     config = mnist_fc.get_config(variant)
     config.batch_size, config.seed = batch_size, seed
     configs.append(config)
-  pop = population.create_population(configs, total_steps=10**6)
+  pop = population.create_population(configs, total_steps=10**6,
+                                     strategy=FLAGS.population_strategy)
   images = jax.device_put(
       np.random.default_rng(0).uniform(-1, 1, (batch_size, 32, 32, 1)).astype(np.float32),
       sharding.batch_sharding(sharding.make_mesh()))
@@ -139,7 +142,7 @@ def bench_population(size: int, batch_size: int, seconds: float,
       elapsed = time.perf_counter() - t
       if elapsed >= seconds:
         break
-  return {'population': size, 'config': variant, 'batch_size': batch_size,
+  return {'population': size, 'strategy': FLAGS.population_strategy, 'config': variant, 'batch_size': batch_size,
           'compile_s': compile_s, 'flops_per_step': float(cost.get('flops', 0.0)),
           'steps_per_s': steps / elapsed,
           'member_images_per_s': steps * batch_size * size / elapsed,
