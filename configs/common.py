@@ -85,3 +85,70 @@ def base_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.num_sample_images = 64
   return config
+
+
+def conv_config(arg: ml_collections.ConfigDict, *, dataset: str, family: str, image_size: int,
+                margin: float, tiny_width_mult: float) -> ml_collections.ConfigDict:
+  """The deep convolutional experiments of Sec. 4.3, 4.4 (App. C): shared settings.
+
+  `arg` (from `parse_arg`) holds `variant` ('ebgan', 'ebgan_pt' or 'dcgan') and `tiny`.
+  - Optimizer: App. C says these models "followed the guidance suggested by Radford et al.
+    (2015)": Adam, learning rate 0.0002, beta1 0.5, batch 64 for both players.
+  - `ebgan`: the auto-encoder D with `margin` (the paper's m for the dataset); `ebgan_pt`: the
+    same with lambda_PT = 0.1 (App. C); `dcgan`: the binary D with the GAN loss (the baseline
+    of Figures 5, 6, 11).
+  - Compute dtype 'auto': bfloat16 on TPU/GPU, float32 on CPU (parameters, optimizer states,
+    energies and losses stay float32).
+  - Generator EMA off (`ema_decay = 0`; beyond the paper: e.g. 0.999 for samples and scores).
+  - `tiny`: a width multiplier `tiny_width_mult`, batch 4, 3 steps, for tests on mock data.
+  The paper gives no training length; `num_epochs` is each config's choice.
+  """
+  config = base_config()
+  config.dataset = dataset
+  config.image_size = image_size
+  config.channels = 3
+  config.batch_size = 64         # Radford et al. (2015): mini-batch 64.
+  config.cache = False           # These datasets do not fit in host memory as float32.
+  config.shuffle_buffer = 10_000  # A window shuffle; the full datasets are too large to hold.
+  config.image_folder = ''       # A folder of JPEG/PNG files to train on instead of `dataset`.
+  config.center_crop = 0         # input_pipeline: side of the central square (0: shorter side).
+  config.resize_size = 0         # input_pipeline: resize the square to this (0: image_size).
+  config.random_crop = False     # input_pipeline: random image_size crops per epoch (App. F).
+  config.ema_decay = 0.0         # Generator EMA (beyond the paper); 0 = off.
+  config.inception_weights = ''  # FID Inception weights file (ebgan_jax/inception.py).
+
+  model = config.model
+  model.family = family
+  model.latent_dim = 100         # z in R^100: the first noise-plane count of App. C (ImageNet).
+  model.width_mult = 1.0
+  model.dtype = 'auto'           # 'auto' | 'float32' | 'bfloat16': the compute dtype.
+
+  config.optim.optim_d = config.optim.optim_g = 'adam'
+  config.optim.lr_d = config.optim.lr_g = 2e-4  # Radford et al. (2015).
+  config.optim.b1, config.optim.b2 = 0.5, 0.999
+
+  if arg.variant in ('ebgan', 'ebgan_pt'):
+    config.loss.kind = 'ebgan'
+    config.loss.margin = margin
+    config.loss.pt_weight = 0.1 if arg.variant == 'ebgan_pt' else 0.0  # App. C: lambda_PT
+  elif arg.variant == 'dcgan':
+    config.loss.kind = 'gan'
+    config.loss.margin = 0.0
+    config.loss.pt_weight = 0.0
+  else:
+    raise ValueError(f"Unknown variant {arg.variant!r}: use 'ebgan', 'ebgan_pt' or 'dcgan'.")
+
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 2000
+  config.sample_every_steps = 2000
+  if arg.tiny:
+    model.width_mult = tiny_width_mult
+    model.dtype = 'float32'
+    config.batch_size = 4
+    config.total_steps = 3
+    config.shuffle_buffer = 16
+    config.log_every_steps = 1
+    config.checkpoint_every_steps = 3
+    config.sample_every_steps = 3
+    config.num_sample_images = 4
+  return config

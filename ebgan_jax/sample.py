@@ -53,13 +53,13 @@ def load_generator(workdir: str) -> tuple[step.Trainer, step.TrainState, int]:
 
 def generate_images(trainer: step.Trainer, state: step.TrainState, num: int, key: jax.Array,
                     batch_size: int = 500) -> np.ndarray:
-  """`num` images from G in inference mode, uint8 [num, H, W, C]."""
+  """`num` images from G in inference mode (EMA params if enabled), uint8 [num, H, W, C]."""
   gen = jax.jit(trainer.generate)
   out = []
   for i, start in enumerate(range(0, num, batch_size)):
     z_key, noise_key = jax.random.split(jax.random.fold_in(key, i))
     z = trainer.sample_latents(z_key, min(batch_size, num - start))
-    out.append(to_uint8(gen(state.g.params, state.g.batch_stats, z, noise_key)))
+    out.append(to_uint8(gen(trainer.sample_params(state), state.g.batch_stats, z, noise_key)))
   return np.concatenate(out)
 
 

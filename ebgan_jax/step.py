@@ -3,8 +3,10 @@
 The state is one pytree (`TrainState`): each player's params, BatchNorm statistics and optax
 state, the step counter, and the per-run hyper-parameters that a population of runs may vary
 (`margin`, `pt_weight`; learning rates live in the optax states through
-`optax.inject_hyperparams`). orbax saves it as is, `jax.vmap` stacks it (population training),
-and `train_step(state, batch, key) -> (state, metrics)` is a pure function of it.
+`optax.inject_hyperparams`), and, when `config.ema_decay` > 0, an exponential moving average
+of G's params (`g_ema`, beyond the paper; used for samples). orbax saves it as is, `jax.vmap`
+stacks it (population training), and `train_step(state, batch, key) -> (state, metrics)` is a
+pure function of it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class TrainState:
   g: Player
   d: Player
   hparams: dict[str, jax.Array]  # {'margin': m at step 0, 'pt_weight': lambda_PT}.
+  g_ema: Any = None    # EMA of g.params when config.ema_decay > 0, else None (no leaves).
 
 
 def make_optimizer(name: str, learning_rate: float, config: ml_collections.ConfigDict,
@@ -74,6 +77,9 @@ class Trainer:
     self.d_tx = make_optimizer(config.optim.optim_d, config.optim.lr_d, config, total_steps)
     self.is_ebgan = config.loss.kind == 'ebgan'
     self.image_shape = models.image_shape(config)
+    self.ema_decay = float(config.get('ema_decay', 0.0))
+    if not 0.0 <= self.ema_decay < 1.0:
+      raise ValueError(f'config.ema_decay must be in [0, 1) (0 = no EMA), got {self.ema_decay}.')
 
   # -- state ----------------------------------------------------------------------------------
   def create_state(self, key: jax.Array) -> TrainState:
@@ -89,7 +95,15 @@ class Trainer:
                self.d_tx.init(d_vars['params']))
     hparams = {'margin': jnp.float32(self.config.loss.margin),
                'pt_weight': jnp.float32(self.config.loss.pt_weight)}
-    return TrainState(step=jnp.int32(0), g=g, d=d, hparams=hparams)
+    g_ema = jax.tree.map(jnp.copy, g.params) if self.ema_decay else None
+    return TrainState(step=jnp.int32(0), g=g, d=d, hparams=hparams, g_ema=g_ema)
+
+  def sample_params(self, state: TrainState) -> Any:
+    """G's params for samples and scores: the EMA when `config.ema_decay` > 0.
+
+    The EMA params are used with G's current BatchNorm running statistics.
+    """
+    return state.g_ema if self.ema_decay else state.g.params
 
   def sample_latents(self, key: jax.Array, num: int) -> jax.Array:
     """z ~ N(0, I), shape [num, latent_dim] (Sec. 2: p_z, e.g. N(0, 1))."""
@@ -176,12 +190,17 @@ class Trainer:
     (g_grads,) = g_vjp(dx)
     g_updates, g_opt_state = self.g_tx.update(g_grads, state.g.opt_state, state.g.params)
     g_params = optax.apply_updates(state.g.params, g_updates)
+    g_ema = state.g_ema
+    if self.ema_decay:  # g_ema <- d * g_ema + (1 - d) * g_params (the updated params).
+      g_ema = jax.tree.map(lambda e, p: self.ema_decay * e + (1.0 - self.ema_decay) * p,
+                           state.g_ema, g_params)
 
     new_state = TrainState(
         step=state.step + 1,
         g=Player(g_params, g_batch_stats, g_opt_state),
         d=Player(d_params, d_batch_stats, d_opt_state),
-        hparams=state.hparams)
+        hparams=state.hparams,
+        g_ema=g_ema)
     metrics = {'d_loss': d_loss, 'g_loss': g_loss, **d_aux, **g_aux,
                'd_grad_norm': optax.global_norm(d_grads),
                'g_grad_norm': optax.global_norm(g_grads)}

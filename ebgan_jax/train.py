@@ -128,7 +128,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step.
   buffer = _MetricsBuffer()
 
   def write_samples(step_number: int) -> None:
-    images = sample.to_uint8(generate(state.g.params, state.g.batch_stats, sample_z))
+    images = sample.to_uint8(generate(trainer.sample_params(state), state.g.batch_stats,
+                                      sample_z))
     if jax.process_index() == 0:
       grid = sample.image_grid(images)
       metric_writer.write_png(workdir / 'samples' / f'step_{step_number:07d}.png', grid)

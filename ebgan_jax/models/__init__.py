@@ -13,6 +13,7 @@ Optional `config.model` fields the convolutional families read (`config.model.ge
 - `width_mult` (1.0): scales every hidden channel count of App. C's tables (not the image
   channels nor the noise planes); tests use small values for tiny models.
 - `dtype` ('float32'): compute dtype, 'float32' or 'bfloat16'; parameters stay float32.
+  'auto' is bfloat16 when JAX's default backend is a TPU or GPU, else float32.
 - `transpose_impl` ('auto'), `conv_impl` ('auto'): lowerings of the "4c2s" layers, see
   `conv_transpose.py`.
 - `leaky_slope_d` (0.2): LeakyReLU slope in D (Radford et al., 2015); 0 gives ReLU.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import types
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -51,6 +53,8 @@ def _widths(config: ml_collections.ConfigDict, channels: tuple[int, ...]) -> tup
 
 def _dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
   name = config.model.get('dtype', 'float32')
+  if name == 'auto':  # Mixed precision on accelerators; CPUs gain nothing from bfloat16.
+    name = 'bfloat16' if jax.default_backend() in ('tpu', 'gpu') else 'float32'
   if name not in ('float32', 'bfloat16'):
     raise ValueError(f"config.model.dtype must be 'float32' or 'bfloat16', got {name!r}.")
   return jnp.dtype(name)
