@@ -61,12 +61,19 @@ def matmul_gflops(n: int, seconds: float = 3.0, dtype=jnp.float32) -> float:
   return best
 
 
-def step_flops(lowered) -> float:
-  """FLOPs of one step from XLA's cost analysis of the lowered (not yet optimized) module.
+def step_flops(trainer: step.Trainer, batch_shape: tuple[int, ...]) -> float:
+  """FLOPs of one train step from XLA's cost analysis of the step lowered for the CPU.
 
-  The compiled module's analysis depends on the backend: on GPU it misses library calls
-  (cuBLAS/cuDNN custom calls), so the same step reported fewer FLOPs at batch 1024 than at 256.
+  The count is the step's arithmetic, whatever runs it. It is taken on the CPU because the
+  GPU backend gives no analysis of a lowered module, and its analysis of the compiled one
+  misses library calls (it reported fewer FLOPs for a batch of 1024 than for 256).
   """
+  cpu_mesh = jax.sharding.Mesh(np.asarray(jax.devices('cpu')[:1]), (sharding.DATA_AXIS,))
+  key = jax.random.key(0)
+  state = jax.eval_shape(trainer.create_state, key)
+  images = jax.ShapeDtypeStruct(batch_shape, jnp.float32)
+  lowered = step.jit_train_step(trainer, cpu_mesh).lower(
+      state, images, jax.ShapeDtypeStruct(key.shape, key.dtype))
   cost = lowered.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get('flops', 0.0))
@@ -103,16 +110,14 @@ def bench_step(variant: str, batch_size: int, seconds: float) -> dict:
       sharding.batch_sharding(mesh))
   key = jax.random.key(1)
   t = time.perf_counter()
-  lowered = step.jit_train_step(trainer, mesh).lower(state, images, key)
-  compiled = lowered.compile()
+  compiled = step.jit_train_step(trainer, mesh).lower(state, images, key).compile()
   compile_s = time.perf_counter() - t
-  flops = step_flops(lowered)
+  flops = step_flops(trainer, images.shape)
   # Model FLOPs for the MFU: those of the plain convolutions. The fast 4c2s lowerings
   # (ebgan_jax/models/conv_transpose.py) execute more multiply-adds for the same function.
   plain = ml_collections.ConfigDict(config.to_dict())
   plain.model.transpose_impl = plain.model.conv_impl = 'lax'
-  plain_trainer = step.Trainer(plain, total_steps=10**6)
-  model_flops = step_flops(step.jit_train_step(plain_trainer, mesh).lower(state, images, key))
+  model_flops = step_flops(step.Trainer(plain, total_steps=10**6), images.shape)
   for _ in range(3):  # Warm-up.
     state, metrics = compiled(state, images, key)
   jax.block_until_ready(metrics)
@@ -148,10 +153,9 @@ def bench_population(size: int, batch_size: int, seconds: float,
       sharding.batch_sharding(sharding.make_mesh()))
   state = pop.state
   t = time.perf_counter()
-  lowered = pop.train_step.lower(state, images)
-  compiled = lowered.compile()
+  compiled = pop.train_step.lower(state, images).compile()
   compile_s = time.perf_counter() - t
-  flops = step_flops(lowered)
+  flops = size * step_flops(pop.trainer, images.shape)  # Each member does one step.
   for _ in range(3):
     state, metrics = compiled(state, images)
   jax.block_until_ready(metrics)
