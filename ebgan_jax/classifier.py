@@ -28,11 +28,9 @@ the embedded digits and saves it.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import pathlib
-import struct
 import time
 from typing import Any
 
@@ -42,6 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+
+from ebgan_jax import idx_dataset
 
 INPUT_SIZE = 32       # Height and width the network sees.
 NUM_CLASSES = 10
@@ -53,7 +53,7 @@ EVAL_BATCH = 500      # Images per forward pass in `predict_*` (bounds memory).
 
 PARAMS_SUBDIR = 'params'     # Orbax checkpoint of the parameter pytree, inside the directory.
 META_FILE = 'classifier.json'  # Metadata beside it; written last, so it marks a finished save.
-EMBEDDED_MNIST_DIR = pathlib.Path(__file__).parent / 'data' / 'mnist_10k'
+EMBEDDED_MNIST_DIR = idx_dataset.EMBEDDED_MNIST_DIR
 TRAIN_COMMAND = 'python -m ebgan_jax.classifier --out_dir={path}'
 
 
@@ -269,25 +269,10 @@ def load_classifier(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
   return params, meta
 
 
-# A minimal IDX reader for `main` and the tests; the input pipeline will replace it.
-
-
 def read_idx_split(folder: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """Reads an MNIST IDX split into (images [N, 28, 28, 1] float32 in [-1, 1], labels [N])."""
-  stems = {'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
-           'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')}[split]
-  arrays = []
-  for stem, magic in zip(stems, (2051, 2049)):
-    file = pathlib.Path(folder) / f'{stem}.gz'
-    with gzip.open(file, 'rb') as f:
-      data = f.read()
-    ndim = data[3]
-    if struct.unpack('>I', data[:4])[0] != magic:
-      raise ValueError(f'{file} is not an IDX file of magic number {magic}.')
-    shape = struct.unpack(f'>{ndim}I', data[4:4 + 4 * ndim])
-    arrays.append(np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape))
-  images, labels = arrays
-  return (images[..., None].astype(np.float32) / 127.5 - 1.0), labels.astype(np.int32)
+  """An IDX split as (images [N, 28, 28, 1] float32 in [-1, 1], labels [N] int32)."""
+  images, labels = idx_dataset.read_idx_split(folder, split)
+  return images.astype(np.float32) / 127.5 - 1.0, labels.astype(np.int32)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -342,7 +342,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   train_step = jit_train_step(trainer, mesh)
   writer = metric_writer.MetricWriter(workdir / 'logs')
-  buffer = train_lib._MetricsBuffer()  # pylint: disable=protected-access  # Same checks.
+  buffer = train_lib.MetricsBuffer()  # Same non-finite checks.
   sample_z = (trainer.sample_latents(sample_key, config.num_sample_images)
               if trainer.is_ebgan else None)
   generate = jax.jit(trainer.generate) if trainer.is_ebgan else None
@@ -370,7 +370,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                config.variant, config.ssl.num_labelled, num_steps, start, jax.device_count())
   t_start, s_start = time.time(), start
   try:
-    with train_lib._StopSignal() as stop:  # pylint: disable=protected-access
+    with train_lib.StopSignal() as stop:
       for s in range(start, num_steps):
         labelled, unlabelled = data.batch(s, mesh)
         state, metrics = train_step(state, labelled, unlabelled, train_key)

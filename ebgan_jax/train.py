@@ -30,7 +30,7 @@ class NonFiniteLossError(FloatingPointError):
   """A loss became NaN or Inf."""
 
 
-class _StopSignal:
+class StopSignal:
   """Records SIGTERM/SIGINT so the loop can save and return at a step boundary."""
 
   def __init__(self):
@@ -78,7 +78,7 @@ def total_steps(config: ml_collections.ConfigDict) -> int:
   return config.num_epochs * input_pipeline.steps_per_epoch(config)
 
 
-class _MetricsBuffer:
+class MetricsBuffer:
   """Keeps each step's metrics on device until a log point, then checks and averages them."""
 
   def __init__(self):
@@ -125,7 +125,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step.
   sample_z = trainer.sample_latents(sample_key, config.num_sample_images)
   generate = jax.jit(trainer.generate)
   writer = metric_writer.MetricWriter(workdir / 'logs')
-  buffer = _MetricsBuffer()
+  buffer = MetricsBuffer()
 
   def write_samples(step_number: int) -> None:
     images = sample.to_uint8(generate(trainer.sample_params(state), state.g.batch_stats,
@@ -146,7 +146,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step.
                jax.process_count())
   t_start, s_start = time.time(), start
   try:
-    with _StopSignal() as stop:
+    with StopSignal() as stop:
       for s in range(start, num_steps):
         images = sharding.global_batch(next(batches), mesh)
         state, metrics = train_step(state, images, train_key)
