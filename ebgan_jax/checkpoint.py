@@ -9,6 +9,7 @@ restored instead.
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import pathlib
 from typing import Any
@@ -17,6 +18,19 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
+
+
+class _OrbaxInfoFilter(std_logging.Filter):
+  """Drops INFO lines of orbax (one per file it opens or closes); keeps its warnings."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+
+
+def quiet_orbax_logs() -> None:
+  """Keeps orbax's INFO chatter out of the run's log (call once the log handlers exist)."""
+  for handler in std_logging.getLogger().handlers + std_logging.getLogger('absl').handlers:
+    handler.addFilter(_OrbaxInfoFilter())
 
 
 class Checkpointer:

@@ -8,14 +8,13 @@ GPU cluster pass --distributed (JAX then finds the coordinator itself) or name i
 
 from __future__ import annotations
 
-import logging as std_logging
 
 import jax
 import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ebgan_jax import train
+from ebgan_jax import checkpoint, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.',
@@ -28,20 +27,12 @@ flags.DEFINE_integer('process_id', None, 'This process index (multi-host).')
 flags.DEFINE_string('cpu_collectives', 'gloo', 'CPU collectives for multi-process CPU runs.')
 
 
-class _LibraryInfoFilter(std_logging.Filter):
-  """Drops INFO lines of orbax (one per file it opens or closes); keeps its warnings."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if FLAGS.config is None:
     raise app.UsageError('Pass --config=configs/FILE.py[:ARG], e.g. configs/mnist_fc.py:ebgan_pt')
-  for handler in std_logging.getLogger().handlers + std_logging.getLogger('absl').handlers:
-    handler.addFilter(_LibraryInfoFilter())
+  checkpoint.quiet_orbax_logs()
   # tf.data only: keep TensorFlow off the accelerators JAX uses.
   tf.config.set_visible_devices([], 'GPU')
   if FLAGS.distributed or FLAGS.coordinator_address:

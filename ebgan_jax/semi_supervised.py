@@ -39,7 +39,7 @@ import optax
 import optax.losses
 from absl import logging
 
-from ebgan_jax import checkpoint, input_pipeline, losses, metric_writer, models, sample
+from ebgan_jax import input_pipeline, losses, metric_writer, models, sample
 from ebgan_jax import sharding, ssl_data, step as step_lib, train as train_lib
 from ebgan_jax import workdir as workdir_lib
 from ebgan_jax.models import ladder
@@ -332,13 +332,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   trainer = Trainer(config, num_steps)
   data = SSLData(config)
 
-  init_key, train_key, sample_key = jax.random.split(jax.random.key(config.seed), 3)
-  state = jax.jit(trainer.create_state, out_shardings=sharding.replicated(mesh))(init_key)
-  ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', config.keep_checkpoints)
-  state, restored = ckpt.restore_latest(state)
-  start = 0 if restored is None else int(state.step)
-  if restored is not None:
-    logging.info('Resumed from the checkpoint of step %d.', start)
+  state, start, ckpt, train_key, sample_key = train_lib.init_or_restore(
+      trainer.create_state, config, workdir, mesh)
 
   train_step = jit_train_step(trainer, mesh)
   writer = metric_writer.MetricWriter(workdir / 'logs')

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pathlib
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -104,6 +104,26 @@ class MetricsBuffer:
     return {k: float(np.mean([m[k] for m in values])) for k in values[0]}
 
 
+def init_or_restore(create_state: Callable[[jax.Array], Any],
+                    config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                    mesh: jax.sharding.Mesh):
+  """The run's state, restored from its newest good checkpoint or freshly initialised.
+
+  The seed is split once into (init, train, sample) keys; a resumed run gets the same ones.
+
+  Returns:
+    (state, first step to run, the Checkpointer, train_key, sample_key).
+  """
+  init_key, train_key, sample_key = jax.random.split(jax.random.key(config.seed), 3)
+  state = jax.jit(create_state, out_shardings=sharding.replicated(mesh))(init_key)
+  ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', config.keep_checkpoints)
+  state, restored = ckpt.restore_latest(state)
+  start = 0 if restored is None else int(state.step)
+  if restored is not None:
+    logging.info('Resumed from the checkpoint of step %d.', start)
+  return state, start, ckpt, train_key, sample_key
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step.TrainState:
   """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the state."""
   workdir = pathlib.Path(workdir)
@@ -112,13 +132,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step.
   mesh = sharding.make_mesh()
   trainer = step.Trainer(config, num_steps)
 
-  init_key, train_key, sample_key = jax.random.split(jax.random.key(config.seed), 3)
-  state = jax.jit(trainer.create_state, out_shardings=sharding.replicated(mesh))(init_key)
-  ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', config.keep_checkpoints)
-  state, restored = ckpt.restore_latest(state)
-  start = 0 if restored is None else int(state.step)
-  if restored is not None:
-    logging.info('Resumed from the checkpoint of step %d.', start)
+  state, start, ckpt, train_key, sample_key = init_or_restore(
+      trainer.create_state, config, workdir, mesh)
 
   train_step = step.jit_train_step(trainer, mesh)
   batches = input_pipeline.train_batches(config, start_step=start)

@@ -21,7 +21,6 @@ over N processes, e.g. one per GPU with CUDA_VISIBLE_DEVICES=I.
 from __future__ import annotations
 
 import json
-import logging as std_logging
 import pathlib
 
 import jax
@@ -31,7 +30,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ebgan_jax import semi_supervised
+from ebgan_jax import checkpoint, semi_supervised
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Run directory (or, with --seeds, the table directory).',
@@ -148,13 +147,6 @@ def drive(config: ml_collections.ConfigDict, table_dir: pathlib.Path, num_seeds:
     logging.info('Table 2:\n%s', table_markdown(found))
 
 
-class _LibraryInfoFilter(std_logging.Filter):
-  """Drops INFO lines of orbax (one per file it opens or closes); keeps its warnings."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -163,8 +155,7 @@ def main(argv):
   if FLAGS.config.get('experiment') != 'semi_supervised':
     raise app.UsageError('This experiment trains configs/mnist_ssl.py configs; use '
                          'ebgan_jax.main for the GAN configs.')
-  for handler in std_logging.getLogger().handlers + std_logging.getLogger('absl').handlers:
-    handler.addFilter(_LibraryInfoFilter())
+  checkpoint.quiet_orbax_logs()
   tf.config.set_visible_devices([], 'GPU')  # tf.data only.
   workdir = pathlib.Path(FLAGS.workdir)
   if FLAGS.seeds <= 0:
