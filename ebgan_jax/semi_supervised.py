@@ -161,13 +161,8 @@ class Trainer:
       if batch_sharding is not None:
         z = jax.lax.with_sharding_constraint(z, batch_sharding)
 
-      def g_forward(g_params):
-        x_fake, updates = self.generator.apply(
-            {'params': g_params, 'batch_stats': state.g.batch_stats}, z, train=True,
-            rngs={'noise': g_noise_key}, mutable=['batch_stats'])
-        return x_fake, updates.get('batch_stats', state.g.batch_stats)
-
-      x_fake, g_vjp, g_batch_stats = jax.vjp(g_forward, state.g.params, has_aux=True)
+      x_fake, g_vjp, g_batch_stats = step_lib.generate_with_vjp(
+          self.generator, state.g, z, g_noise_key)
       x_fake_pix = self.to_ladder_pixels(x_fake)  # [B, H, W, C]
 
     # Discriminator update; G(z) is a constant here.
@@ -372,11 +367,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         done = s + 1
         buffer.add(done, metrics)
         if done % config.log_every_steps == 0 or done == num_steps:
-          means = buffer.flush()
-          writer.write_scalars(done, {f'train/{k}': v for k, v in means.items()})
-          rate = (done - s_start) / max(time.time() - t_start, 1e-9)
-          logging.info('step %d/%d  %.2f steps/s  %s', done, num_steps, rate,
-                       '  '.join(f'{k}={v:.4g}' for k, v in sorted(means.items())))
+          train_lib.log_progress(buffer, writer, done, num_steps, t_start, s_start)
         if stop.should_stop(done):
           save(done)
           logging.warning('Stopped by %s at step %d; checkpoint saved. Run the same command '

@@ -66,6 +66,24 @@ def make_optimizer(name: str, learning_rate: float, config: ml_collections.Confi
   return optax.chain(base, optax.scale_by_schedule(decay))
 
 
+def generate_with_vjp(generator: nn.Module, g: Player, z: jax.Array, noise_key: jax.Array):
+  """G(z) in train mode, its VJP with respect to G's params, and G's updated BN statistics.
+
+  G(z) is computed once per step: the D update uses it as a constant and the G update pulls
+  its loss gradient (taken under the updated D) back through the returned VJP.
+
+  Returns:
+    (x_fake [B, H, W, C], vjp: cotangent of x_fake -> (grads of G's params,), batch_stats).
+  """
+  def forward(g_params):
+    x_fake, updates = generator.apply(
+        {'params': g_params, 'batch_stats': g.batch_stats}, z, train=True,
+        rngs={'noise': noise_key}, mutable=['batch_stats'])
+    return x_fake, updates.get('batch_stats', g.batch_stats)
+
+  return jax.vjp(forward, g.params, has_aux=True)
+
+
 class Trainer:
   """Binds a config to its models and optimizers; builds states and runs the pure step."""
 
@@ -148,13 +166,7 @@ class Trainer:
     if batch_sharding is not None:
       z = jax.lax.with_sharding_constraint(z, batch_sharding)
 
-    def g_forward(g_params):
-      x_fake, updates = self.generator.apply(
-          {'params': g_params, 'batch_stats': state.g.batch_stats}, z, train=True,
-          rngs={'noise': noise_key}, mutable=['batch_stats'])
-      return x_fake, updates.get('batch_stats', state.g.batch_stats)
-
-    x_fake, g_vjp, g_batch_stats = jax.vjp(g_forward, state.g.params, has_aux=True)
+    x_fake, g_vjp, g_batch_stats = generate_with_vjp(self.generator, state.g, z, noise_key)
     margin = losses.margin_at(state.step, state.hparams['margin'], cfg.loss.margin_decay_steps)
 
     # Discriminator update: G(z) is a constant here.

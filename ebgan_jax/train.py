@@ -71,6 +71,18 @@ class StopSignal:
     return bool(np.any(flags))
 
 
+def log_progress(buffer: MetricsBuffer, writer: metric_writer.MetricWriter, done: int,
+                 num_steps: int, t_start: float, s_start: int) -> None:
+  """Flushes the buffered metrics (checking them) to the writer and logs a progress line."""
+  means = buffer.flush()
+  writer.write_scalars(done, {f'train/{k}': v for k, v in means.items()})
+  rate = (done - s_start) / max(time.time() - t_start, 1e-9)
+  eta = (num_steps - done) / max(rate, 1e-9)
+  logging.info('step %d/%d  %.1f steps/s  ETA %s  %s', done, num_steps, rate,
+               time.strftime('%H:%M:%S', time.gmtime(eta)),
+               '  '.join(f'{k}={v:.4g}' for k, v in sorted(means.items())))
+
+
 def total_steps(config: ml_collections.ConfigDict) -> int:
   """`config.total_steps` if set, else `num_epochs` passes over the train split."""
   if config.total_steps > 0:
@@ -168,13 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step.
         done = s + 1
         buffer.add(done, metrics)
         if done % config.log_every_steps == 0 or done == num_steps:
-          means = buffer.flush()
-          writer.write_scalars(done, {f'train/{k}': v for k, v in means.items()})
-          rate = (done - s_start) / max(time.time() - t_start, 1e-9)
-          eta = (num_steps - done) / max(rate, 1e-9)
-          logging.info('step %d/%d  %.1f steps/s  ETA %s  %s', done, num_steps, rate,
-                       time.strftime('%H:%M:%S', time.gmtime(eta)),
-                       '  '.join(f'{k}={v:.4g}' for k, v in sorted(means.items())))
+          log_progress(buffer, writer, done, num_steps, t_start, s_start)
         if stop.should_stop(done):
           save(done)
           logging.warning('Stopped by %s at step %d; checkpoint saved. Run the same command '

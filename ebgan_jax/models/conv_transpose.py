@@ -179,6 +179,15 @@ _TRANSPOSE_IMPLS = {'lax': conv_transpose_2x_lax, 'subpixel': conv_transpose_2x_
 _CONV_IMPLS = {'lax': conv_2x_lax, 'space_to_depth': conv_2x_space_to_depth}
 
 
+def _kernel_and_bias(layer: nn.Module, x: jax.Array):
+  """A 4x4 layer's kernel [4, 4, C_in, F] and bias [F] (or None), promoted with x to its dtype."""
+  kernel = layer.param('kernel', layer.kernel_init, (4, 4, x.shape[-1], layer.features),
+                       layer.param_dtype)
+  bias = (layer.param('bias', layer.bias_init, (layer.features,), layer.param_dtype)
+          if layer.use_bias else None)
+  return promote_dtype(x, kernel, bias, dtype=layer.dtype)
+
+
 class ConvTranspose2x(nn.Module):
   """"(features)4c2s" fractional-strided convolution (App. C): [B, H, W, C] -> [B, 2H, 2W, F].
 
@@ -202,11 +211,7 @@ class ConvTranspose2x(nn.Module):
     if impl not in _TRANSPOSE_IMPLS:
       raise ValueError(f"ConvTranspose2x impl must be 'auto' or one of "
                        f'{sorted(_TRANSPOSE_IMPLS)}, got {self.impl!r}.')
-    kernel = self.param('kernel', self.kernel_init, (4, 4, x.shape[-1], self.features),
-                        self.param_dtype)
-    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias else None)
-    x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+    x, kernel, bias = _kernel_and_bias(self, x)
     y = _TRANSPOSE_IMPLS[impl](x, kernel, self.precision)  # [B, 2H, 2W, F]
     return y + bias if bias is not None else y
 
@@ -233,10 +238,6 @@ class Conv2x(nn.Module):
     if impl not in _CONV_IMPLS:
       raise ValueError(f"Conv2x impl must be 'auto' or one of {sorted(_CONV_IMPLS)}, "
                        f'got {self.impl!r}.')
-    kernel = self.param('kernel', self.kernel_init, (4, 4, x.shape[-1], self.features),
-                        self.param_dtype)
-    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias else None)
-    x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+    x, kernel, bias = _kernel_and_bias(self, x)
     y = _CONV_IMPLS[impl](x, kernel, self.precision)  # [B, H/2, W/2, F]
     return y + bias if bias is not None else y
