@@ -142,6 +142,23 @@ class Trainer:
         rngs={'dropout': key}, mutable=['batch_stats'])
     return out, updates.get('batch_stats', batch_stats)
 
+  def _d_forward_pair(self, params, x_real, x_fake, key_real, key_fake):
+    """D in train mode on the real and the fake batch in one pass; for a D without BatchNorm.
+
+    The pair is stacked on a new leading axis and D is `jax.vmap`-ed over it with its params
+    shared, so every Dense layer does one [2B, in] x [in, out] product and its weight gradient
+    is one product contracting over both batches, instead of two products whose gradients are
+    then added: the same arithmetic as two passes, with half the small matmuls and one fewer
+    pass over each weight-sized gradient (BENCHMARKS.md, CPU). Each half gets its own dropout
+    key, so the masks are those of the two separate passes. A D with BatchNorm must see the
+    batches separately (each its own statistics, as in DCGAN), and takes `_d_forward` twice.
+    """
+    def one(x, key):
+      return self.discriminator.apply({'params': params}, x, train=True, rngs={'dropout': key})
+
+    outs = jax.vmap(one)(jnp.stack([x_real, x_fake]), jnp.stack([key_real, key_fake]))
+    return jax.tree.map(lambda o: o[0], outs), jax.tree.map(lambda o: o[1], outs)
+
   def train_step(self, state: TrainState, batch: jax.Array, key: jax.Array,
                  batch_sharding: jax.sharding.Sharding | None = None
                  ) -> tuple[TrainState, Metrics]:
@@ -171,8 +188,12 @@ class Trainer:
 
     # Discriminator update: G(z) is a constant here.
     def d_objective(d_params):
-      out_real, stats = self._d_forward(d_params, state.d.batch_stats, batch, drop_real)
-      out_fake, stats = self._d_forward(d_params, stats, x_fake, drop_fake)
+      if jax.tree.leaves(state.d.batch_stats):  # BatchNorm: each batch its own statistics.
+        out_real, stats = self._d_forward(d_params, state.d.batch_stats, batch, drop_real)
+        out_fake, stats = self._d_forward(d_params, stats, x_fake, drop_fake)
+      else:  # No BatchNorm: both batches in one pass (the same arithmetic, fewer passes).
+        out_real, out_fake = self._d_forward_pair(d_params, batch, x_fake, drop_real, drop_fake)
+        stats = state.d.batch_stats
       if self.is_ebgan:
         e_real = losses.energy(batch, out_real[0])
         e_fake = losses.energy(x_fake, out_fake[0])
@@ -186,8 +207,8 @@ class Trainer:
 
     (d_loss, (d_batch_stats, d_aux)), d_grads = jax.value_and_grad(
         d_objective, has_aux=True)(state.d.params)
-    d_updates, d_opt_state = self.d_tx.update(d_grads, state.d.opt_state, state.d.params)
-    d_params = optax.apply_updates(state.d.params, d_updates)
+    d_grad_norm = optax.global_norm(d_grads)
+    d_params, d_opt_state = _apply_optimizer(self.d_tx, state.d, d_grads, d_grad_norm)
 
     # Generator update, against the updated D (its running statistics are not touched here).
     def g_objective(x):
@@ -200,8 +221,8 @@ class Trainer:
 
     (g_loss, g_aux), dx = jax.value_and_grad(g_objective, has_aux=True)(x_fake)
     (g_grads,) = g_vjp(dx)
-    g_updates, g_opt_state = self.g_tx.update(g_grads, state.g.opt_state, state.g.params)
-    g_params = optax.apply_updates(state.g.params, g_updates)
+    g_grad_norm = optax.global_norm(g_grads)
+    g_params, g_opt_state = _apply_optimizer(self.g_tx, state.g, g_grads, g_grad_norm)
     g_ema = state.g_ema
     if self.ema_decay:  # g_ema <- d * g_ema + (1 - d) * g_params (the updated params).
       g_ema = jax.tree.map(lambda e, p: self.ema_decay * e + (1.0 - self.ema_decay) * p,
@@ -214,11 +235,28 @@ class Trainer:
         hparams=state.hparams,
         g_ema=g_ema)
     metrics = {'d_loss': d_loss, 'g_loss': g_loss, **d_aux, **g_aux,
-               'd_grad_norm': optax.global_norm(d_grads),
-               'g_grad_norm': optax.global_norm(g_grads)}
+               'd_grad_norm': d_grad_norm, 'g_grad_norm': g_grad_norm}
     if self.is_ebgan:
       metrics['margin'] = margin
     return new_state, metrics
+
+
+def _apply_optimizer(tx: optax.GradientTransformation, player: Player, grads: Any,
+                     grad_norm: jax.Array) -> tuple[Any, Any]:
+  """One optax update of `player`'s params: (new params, new optimizer state).
+
+  `grad_norm` (the metric, computed from every gradient) is added to the params times 0,
+  which changes no value but orders the update after the whole backward pass. The backward
+  pass reads the old weights to propagate gradients; without that order XLA:CPU cannot prove
+  those reads come before the update overwrites the donated weights in place, and copies each
+  such weight matrix first: an extra pass over memory per weight in a step that is partly
+  memory-bound on CPU (BENCHMARKS.md). A non-finite norm makes the params non-finite, as
+  the update of non-finite gradients would anyway (and the training loop stops on it).
+  """
+  zero = 0.0 * grad_norm
+  params = jax.tree.map(lambda p: p + zero.astype(p.dtype), player.params)
+  updates, opt_state = tx.update(grads, player.opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
 
 
 def jit_train_step(trainer: Trainer, mesh: jax.sharding.Mesh

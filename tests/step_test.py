@@ -220,3 +220,79 @@ def test_margin_metric_follows_linear_decay():
     margins.append(float(metrics['margin']))
   # m(s) = 10 * max(0, 1 - s / 4) at the step's starting count s = 0..5, by hand.
   np.testing.assert_allclose(margins, [10.0, 7.5, 5.0, 2.5, 0.0, 0.0], atol=1e-6)
+
+
+def test_d_without_batchnorm_takes_both_batches_in_one_pass_with_the_same_dropout():
+  """A BN-free D sees [real; fake] in one vmapped pass: the update of two separate passes.
+
+  With dropout on, each half must get its own key (the step's 3rd and 4th split keys), as the
+  two separate passes would; the check at the end shows that one shared key would differ.
+  """
+  lr_d, margin = 0.1, 10.0
+  config = tiny_config('ebgan', optim='sgd', lr_d=lr_d, lr_g=0.05)
+  config.model.dropout_d = True
+  trainer = step.Trainer(config)
+  disc = trainer.discriminator
+  init_key, train_key = jax.random.split(jax.random.key(7))
+  state = trainer.create_state(init_key)
+  assert not jax.tree.leaves(state.d.batch_stats), 'n_layer_d = 2: D has no BatchNorm'
+  d0 = to_numpy(state.d.params)
+  x_real = jnp.asarray(real_batch(3))
+  new_state, _ = jax.jit(trainer.train_step)(state, x_real, train_key)
+
+  z = step_z(train_key, 0)
+  x_fake = trainer.generator.apply(
+      {'params': state.g.params, 'batch_stats': state.g.batch_stats}, z, train=True,
+      mutable=['batch_stats'])[0]
+  _, _, drop_real, drop_fake, _ = jax.random.split(jax.random.fold_in(train_key, 0), 5)
+
+  def d_loss_ref(d_params, key_real, key_fake):
+    rec_real, _ = disc.apply({'params': d_params}, x_real, train=True,
+                             rngs={'dropout': key_real})
+    rec_fake, _ = disc.apply({'params': d_params}, x_fake, train=True,
+                             rngs={'dropout': key_fake})
+    e_real, e_fake = ref_energy(x_real, rec_real), ref_energy(x_fake, rec_fake)
+    return jnp.mean(e_real + jnp.maximum(0.0, margin - e_fake))
+
+  grad = jax.jit(jax.grad(d_loss_ref))(d0, drop_real, drop_fake)
+  d1 = jax.tree.map(lambda p, g: p - lr_d * g, d0, grad)
+  chex.assert_trees_all_close(to_numpy(new_state.d.params), to_numpy(d1), atol=1e-6, rtol=1e-5)
+  # One key for both halves would be a different update.
+  grad_shared = jax.jit(jax.grad(d_loss_ref))(d0, drop_real, drop_real)
+  assert max(float(np.max(np.abs(a - b))) for a, b in zip(
+      jax.tree.leaves(grad), jax.tree.leaves(grad_shared))) * lr_d > 1e-4
+
+
+def test_optimizer_update_is_optax_update_and_needs_no_weight_copies():
+  """`_apply_optimizer` gives optax's update exactly; the compiled step copies no weight.
+
+  The params pass through `p + 0 * grad_norm` so that XLA orders the in-place update after
+  the backward pass; without it XLA:CPU copied every weight read by the backward pass
+  (6 matrices of this model) before overwriting it.
+  """
+  config = tiny_config('ebgan_pt')
+  config.model.size_g = config.model.size_d = 48
+  trainer = step.Trainer(config)
+  state = trainer.create_state(jax.random.key(0))
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.01) + 0.001 * p, state.d.params)
+  norm = jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads)))
+  params, opt_state = step._apply_optimizer(trainer.d_tx, state.d, grads, norm)
+  updates, expected_opt_state = trainer.d_tx.update(grads, state.d.opt_state, state.d.params)
+  expected = jax.tree.map(lambda p, u: p + u, state.d.params, updates)
+  chex.assert_trees_all_equal(params, expected)
+  chex.assert_trees_all_equal(opt_state, expected_opt_state)
+
+  mesh = sharding.make_mesh(1)
+  jax.config.update('jax_disable_most_optimizations', False)  # Copy removal is an optimization.
+  try:
+    state = jax.jit(trainer.create_state, out_shardings=sharding.replicated(mesh))(
+        jax.random.key(0))
+    hlo = step.jit_train_step(trainer, mesh).lower(
+        state, jnp.zeros((BATCH, 32, 32, 1)), jax.random.key(1)).compile().as_text()
+  finally:
+    jax.config.update('jax_disable_most_optimizations', True)
+  weight_shapes = {'f32[%d,%d]' % tuple(p.shape) for p in jax.tree.leaves(
+      (state.g.params, state.d.params)) if p.ndim == 2}
+  copies = [line for line in hlo.splitlines() if ' copy(' in line
+            and any(line.split('=')[1].strip().startswith(s) for s in weight_shapes)]
+  assert not copies, 'weights copied before their update:\n' + '\n'.join(copies)
