@@ -95,9 +95,18 @@ class Trainer:
     self.d_tx = make_optimizer(config.optim.optim_d, config.optim.lr_d, config, total_steps)
     self.is_ebgan = config.loss.kind == 'ebgan'
     self.image_shape = models.image_shape(config)
+    # D sees real and fake in one pass when that is the arithmetic of two (`_d_forward_pair`).
+    self.d_takes_pairs = not (self._d_has_batch_norm() or config.model.get('dropout_d', False))
     self.ema_decay = float(config.get('ema_decay', 0.0))
     if not 0.0 <= self.ema_decay < 1.0:
       raise ValueError(f'config.ema_decay must be in [0, 1) (0 = no EMA), got {self.ema_decay}.')
+
+  def _d_has_batch_norm(self) -> bool:
+    """Whether D keeps BatchNorm statistics (from its variables' shapes; nothing is run)."""
+    x = jnp.zeros((2, *self.image_shape), jnp.float32)
+    shapes = jax.eval_shape(lambda: self.discriminator.init(
+        {'params': jax.random.key(0), 'dropout': jax.random.key(0)}, x, train=False))
+    return bool(jax.tree.leaves(shapes.get('batch_stats', {})))
 
   # -- state ----------------------------------------------------------------------------------
   def create_state(self, key: jax.Array) -> TrainState:
@@ -142,22 +151,23 @@ class Trainer:
         rngs={'dropout': key}, mutable=['batch_stats'])
     return out, updates.get('batch_stats', batch_stats)
 
-  def _d_forward_pair(self, params, x_real, x_fake, key_real, key_fake):
-    """D in train mode on the real and the fake batch in one pass; for a D without BatchNorm.
+  def _d_forward_pair(self, params, x_real, x_fake, key):
+    """D in train mode on the real and the fake batch in one pass, for a D without BatchNorm.
 
-    The pair is stacked on a new leading axis and D is `jax.vmap`-ed over it with its params
-    shared, so every Dense layer does one [2B, in] x [in, out] product and its weight gradient
-    is one product contracting over both batches, instead of two products whose gradients are
-    then added: the same arithmetic as two passes, with half the small matmuls and one fewer
-    pass over each weight-sized gradient (BENCHMARKS.md, CPU). Each half gets its own dropout
-    key, so the masks are those of the two separate passes. A D with BatchNorm must see the
-    batches separately (each its own statistics, as in DCGAN), and takes `_d_forward` twice.
+    The two batches are interleaved into one of 2B samples (real i and fake i side by side,
+    so a batch sharded over devices stays sharded with no data movement), and every Dense
+    layer does one [2B, in] x [in, out] product whose weight gradient is one product over both
+    batches, instead of two products whose gradients are then added. The arithmetic is that
+    of two passes (D has no batch statistics to keep apart), with half the small matmuls and
+    one pass fewer over each weight-sized gradient (BENCHMARKS.md, CPU). A D with BatchNorm
+    must see the batches separately, each with its own statistics, as in DCGAN; so must a D
+    with dropout, whose masks are drawn per batch.
     """
-    def one(x, key):
-      return self.discriminator.apply({'params': params}, x, train=True, rngs={'dropout': key})
-
-    outs = jax.vmap(one)(jnp.stack([x_real, x_fake]), jnp.stack([key_real, key_fake]))
-    return jax.tree.map(lambda o: o[0], outs), jax.tree.map(lambda o: o[1], outs)
+    b = x_real.shape[0]
+    x = jnp.stack([x_real, x_fake], axis=1).reshape(2 * b, *x_real.shape[1:])
+    out = self.discriminator.apply({'params': params}, x, train=True, rngs={'dropout': key})
+    out = jax.tree.map(lambda o: o.reshape(b, 2, *o.shape[1:]), out)
+    return jax.tree.map(lambda o: o[:, 0], out), jax.tree.map(lambda o: o[:, 1], out)
 
   def train_step(self, state: TrainState, batch: jax.Array, key: jax.Array,
                  batch_sharding: jax.sharding.Sharding | None = None
@@ -188,12 +198,12 @@ class Trainer:
 
     # Discriminator update: G(z) is a constant here.
     def d_objective(d_params):
-      if jax.tree.leaves(state.d.batch_stats):  # BatchNorm: each batch its own statistics.
+      if self.d_takes_pairs:  # The same arithmetic as two passes, in fewer.
+        out_real, out_fake = self._d_forward_pair(d_params, batch, x_fake, drop_real)
+        stats = state.d.batch_stats
+      else:  # BatchNorm (or dropout): each batch its own statistics (masks).
         out_real, stats = self._d_forward(d_params, state.d.batch_stats, batch, drop_real)
         out_fake, stats = self._d_forward(d_params, stats, x_fake, drop_fake)
-      else:  # No BatchNorm: both batches in one pass (the same arithmetic, fewer passes).
-        out_real, out_fake = self._d_forward_pair(d_params, batch, x_fake, drop_real, drop_fake)
-        stats = state.d.batch_stats
       if self.is_ebgan:
         e_real = losses.energy(batch, out_real[0])
         e_fake = losses.energy(x_fake, out_fake[0])

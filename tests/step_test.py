@@ -222,11 +222,23 @@ def test_margin_metric_follows_linear_decay():
   np.testing.assert_allclose(margins, [10.0, 7.5, 5.0, 2.5, 0.0, 0.0], atol=1e-6)
 
 
-def test_d_without_batchnorm_takes_both_batches_in_one_pass_with_the_same_dropout():
-  """A BN-free D sees [real; fake] in one vmapped pass: the update of two separate passes.
+def test_d_passes_follow_batchnorm_and_dropout():
+  """One D pass over [real; fake] only where it is the arithmetic of two separate passes."""
+  assert step.Trainer(tiny_config('ebgan')).d_takes_pairs  # n_layer_d = 2: no BN in D.
+  with_bn = tiny_config('ebgan')
+  with_bn.model.n_layer_d = 3
+  assert not step.Trainer(with_bn).d_takes_pairs
+  with_dropout = tiny_config('gan')
+  with_dropout.model.dropout_d = True
+  assert not step.Trainer(with_dropout).d_takes_pairs
+  # test_d_update_holds_g_fixed_and_g_update_uses_updated_d checks the one-pass update
+  # against two separate passes.
 
-  With dropout on, each half must get its own key (the step's 3rd and 4th split keys), as the
-  two separate passes would; the check at the end shows that one shared key would differ.
+
+def test_d_with_dropout_draws_each_batch_its_own_mask():
+  """With dropout, real and fake get the step's 3rd and 4th split keys, as two passes.
+
+  The check at the end shows that one key shared by both batches would be another update.
   """
   lr_d, margin = 0.1, 10.0
   config = tiny_config('ebgan', optim='sgd', lr_d=lr_d, lr_g=0.05)
@@ -236,6 +248,7 @@ def test_d_without_batchnorm_takes_both_batches_in_one_pass_with_the_same_dropou
   init_key, train_key = jax.random.split(jax.random.key(7))
   state = trainer.create_state(init_key)
   assert not jax.tree.leaves(state.d.batch_stats), 'n_layer_d = 2: D has no BatchNorm'
+  assert not trainer.d_takes_pairs
   d0 = to_numpy(state.d.params)
   x_real = jnp.asarray(real_batch(3))
   new_state, _ = jax.jit(trainer.train_step)(state, x_real, train_key)
