@@ -169,6 +169,9 @@ def score_images(params: Any, images: np.ndarray | jax.Array, reference: Referen
      'modes_covered' (classes holding at least N / (10 K) samples, so that stray
      misclassifications do not count as a mode)}; floats are NaN if the images are not finite.
   """
+  if isinstance(images, jax.Array) and len(images.devices()) > 1:
+    # E.g. a population's samples, replicated over a mesh: score one copy, on one device.
+    images = jax.device_put(images, jax.devices()[0])
   images = jnp.asarray(images)
   if images.dtype == jnp.uint8:
     images = images.astype(jnp.float32) / 127.5 - 1.0
