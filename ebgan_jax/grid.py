@@ -435,6 +435,20 @@ def _save_samples(path: pathlib.Path, images: np.ndarray) -> None:
   tmp.replace(path)
 
 
+def enable_compilation_cache(directory: str | os.PathLike) -> None:
+  """Keeps every compiled program in JAX's persistent cache in `directory`.
+
+  A resumed grid, another shard on the same machine type, or a rerun with other scores loads
+  its populations' programs from there instead of compiling them again (on a GPU host each
+  EBGAN architecture is a program of several seconds). Every program is kept, however quick
+  its compile (JAX's default keeps only those over 1 s). Call before anything is compiled:
+  JAX reads the setting when it first uses the cache.
+  """
+  pathlib.Path(directory).mkdir(parents=True, exist_ok=True)
+  jax.config.update('jax_compilation_cache_dir', str(directory))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+
+
 def default_compile_workers() -> int:
   """min(8, CPU cores): threads that compile upcoming populations while one trains."""
   return min(8, os.cpu_count() or 1)

@@ -75,6 +75,21 @@ def test_shards_partition_the_populations():
       assert len({population.shared_signature(points[i]) for i in group}) == 1
 
 
+def test_compilation_cache_keeps_the_programs(tmp_path):
+  # In a fresh process: JAX reads the cache setting once, at its first compile.
+  script = textwrap.dedent('''
+      import sys
+      import jax, jax.numpy as jnp
+      from ebgan_jax import grid
+      grid.enable_compilation_cache(sys.argv[1])
+      jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).block_until_ready()
+      ''')
+  cache = tmp_path / 'cache'
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  subprocess.run([sys.executable, '-c', script, str(cache)], env=env, check=True, timeout=120)
+  assert [p for p in cache.iterdir() if p.is_file()], 'nothing was cached'
+
+
 # -- the results table ----------------------------------------------------------------------------
 _WRITER = textwrap.dedent('''
     import sys
