@@ -450,8 +450,13 @@ def enable_compilation_cache(directory: str | os.PathLike) -> None:
 
 
 def default_compile_workers() -> int:
-  """min(8, CPU cores): threads that compile upcoming populations while one trains."""
-  return min(8, os.cpu_count() or 1)
+  """Threads that compile upcoming populations while one trains: min(8, CPU cores / 2).
+
+  Half the cores: the training thread, tf.data and XLA's own compile threads need the rest.
+  On the 2-core CPU two compile threads made a 6-population trial slower than none (80 s
+  against 49 s; BENCHMARKS.md), since the compiles took the cores that train and score.
+  """
+  return max(1, min(8, (os.cpu_count() or 1) // 2))
 
 
 def _programs_in_order(groups: Sequence[Sequence[ml_collections.ConfigDict]],
@@ -633,16 +638,19 @@ def run_grid(points: Sequence[ml_collections.ConfigDict], workdir: str | os.Path
     programs.close()
 
   wall = time.perf_counter() - start_time
-  per_run = (wall - timings['setup_s']) / max(summary['trained'], 1)
   todo_runs = sum(len(g) for g in todo)
   summary.update({k: round(v, 3) for k, v in sorted(timings.items())})
   summary.update(populations=len(selected), compile_workers=compile_workers,
-                 wall_s=round(wall, 3), runs_per_hour=round(3600 * summary['trained'] / wall, 1),
-                 projected_shard_s=round(timings['setup_s'] + per_run * todo_runs, 1))
-  log(f'Trained and scored {summary["trained"]} runs in {len(selected)} populations in '
-      f'{wall:.1f}s ({summary["runs_per_hour"]:.0f} runs/hour): setup '
-      f'{timings["setup_s"]:.1f}s, compile {timings["compile_s"]:.1f}s on '
-      f'{compile_workers} threads (waited {timings["compile_wait_s"]:.1f}s), train '
-      f'{timings["train_s"]:.1f}s, score {timings["score_s"]:.1f}s. All {todo_runs} runs left '
-      f'in this shard would take about {summary["projected_shard_s"] / 60:.1f} min.')
+                 wall_s=round(wall, 3), runs_per_hour=round(3600 * summary['trained'] / wall, 1))
+  message = (f'Trained and scored {summary["trained"]} runs in {len(selected)} populations in '
+             f'{wall:.1f}s ({summary["runs_per_hour"]:.0f} runs/hour): setup '
+             f'{timings["setup_s"]:.1f}s, compile {timings["compile_s"]:.1f}s on '
+             f'{compile_workers} threads (waited {timings["compile_wait_s"]:.1f}s), train '
+             f'{timings["train_s"]:.1f}s, score {timings["score_s"]:.1f}s.')
+  if summary['trained']:
+    per_run = (wall - timings['setup_s']) / summary['trained']
+    summary['projected_shard_s'] = round(timings['setup_s'] + per_run * todo_runs, 1)
+    message += (f' All {todo_runs} runs left in this shard would take about '
+                f'{summary["projected_shard_s"] / 60:.1f} min at this rate.')
+  log(message)
   return summary
