@@ -450,12 +450,18 @@ def enable_compilation_cache(directory: str | os.PathLike) -> None:
 
 
 def default_compile_workers() -> int:
-  """Threads that compile upcoming populations while one trains: min(8, CPU cores / 2).
+  """Threads that compile upcoming populations while one trains: min(8, CPU cores / 2) on an
+  accelerator, none when the CPU is the device.
 
-  Half the cores: the training thread, tf.data and XLA's own compile threads need the rest.
-  On the 2-core CPU two compile threads made a 6-population trial slower than none (80 s
-  against 49 s; BENCHMARKS.md), since the compiles took the cores that train and score.
+  Compiling ahead pays when the host's cores are idle while the accelerator trains. When
+  XLA:CPU trains, it already uses every core (and so does a lone XLA:CPU compile, ~1.6 of
+  the 2 cores here): on the shared 2-core CPU, 6-population trials took 49-95 s with no
+  compile thread, 91 s with one and 80 s with two, a spread set by other users' jobs, with
+  no gain to see (BENCHMARKS.md). On a GPU host half the cores leave the training thread,
+  tf.data and XLA's own threads theirs.
   """
+  if jax.default_backend() == 'cpu':
+    return 0
   return max(1, min(8, (os.cpu_count() or 1) // 2))
 
 

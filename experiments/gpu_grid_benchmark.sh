@@ -5,11 +5,14 @@
 #     single-run step), once with JAX's default matmul precision and once with TF32:
 #     OUTDIR/population_<precision>.{json,log}.
 # (b) a trial of the real EBGAN grid (configs/mnist_grid.py:ebgan: 2,000 steps at batch 64 per
-#     run, then 10,000 samples scored) for the first $POPULATIONS populations (one run each),
-#     compiled ahead on $WORKERS threads: OUTDIR/grid.log, its last line (the summary, with
-#     `projected_shard_s` for all 512 runs) also in OUTDIR/grid_summary.json. The grid's
-#     workdir is OUTDIR/grid: run again with the same OUTDIR and it goes on with the next
-#     populations (the offline classifier is then loaded, not trained).
+#     run, then 10,000 samples scored) for $POPULATIONS populations (one run each), compiled
+#     ahead on $WORKERS threads. They are shard 0 of $SPREAD (every $SPREAD-th architecture
+#     in Table 1's order), so that all depths and widths are in the sample; the first 48 alone
+#     would all have nLayerG = 2. OUTDIR/grid.log ends with the JSON summary (also in
+#     OUTDIR/grid_summary.json), and the script prints the 512-run grid's projected time:
+#     setup_s + (wall_s - setup_s) / trained x 512. The grid's workdir is OUTDIR/grid: run
+#     again with the same OUTDIR and it goes on with the next populations of the shard (the
+#     offline classifier is then loaded, not trained).
 # Needs what the grid needs (jax with CUDA, flax, optax, orbax, ml-collections, TensorFlow and
 # tensorflow-datasets for tf.data); the embedded MNIST digits, no download.
 # SKIP_GRID=1 runs (a) alone. Environment overrides, e.g. for a try on a CPU:
@@ -25,6 +28,7 @@ out=${1:?usage: bash experiments/gpu_grid_benchmark.sh OUTDIR}
 python=${PYTHON:-python3}
 populations=${POPULATIONS:-48}
 workers=${WORKERS:-12}
+spread=${SPREAD:-10}
 pop_sizes=${POP_SIZES:-1,128,512}
 seconds=${MEASURE_SECONDS:-3}
 precisions=${PRECISIONS:-default tensorfloat32}
@@ -56,8 +60,21 @@ echo "(a) population benchmarks: $((t1 - t0)) s"
 if [ "$skip_grid" = 1 ]; then exit 0; fi
 # shellcheck disable=SC2086  # GRID_ARGS holds several flags.
 "$python" -m experiments.grid_search --config=configs/mnist_grid.py:ebgan --workdir="$out/grid" \
-  --max_populations="$populations" --compile_workers="$workers" $grid_args \
-  2>&1 | grep -v -e '^W[0-9]' -e '^I[0-9]' | tee "$out/grid.log"
+  --num_shards="$spread" --shard_index=0 --max_populations="$populations" \
+  --compile_workers="$workers" $grid_args 2>&1 | grep -v -e '^W[0-9]' -e '^I[0-9]' \
+  | tee "$out/grid.log"
 tail -n 1 "$out/grid.log" > "$out/grid_summary.json"
+"$python" - "$out/grid_summary.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+if not s.get('trained'):
+  sys.exit('No run was trained (all finished before?): use a new OUTDIR.')
+per_run = (s['wall_s'] - s['setup_s']) / s['trained']
+print(f"Projected 512-run EBGAN grid: {(s['setup_s'] + 512 * per_run) / 60:.1f} min "
+      f"({s['trained']} runs in {s['wall_s']:.0f} s, setup {s['setup_s']:.0f} s, "
+      f"{per_run:.2f} s a run; train {s['train_s'] / s['trained']:.2f} s, score "
+      f"{s['score_s'] / s['trained']:.2f} s, compile wait {s['compile_wait_s'] / s['trained']:.2f} s "
+      f"a run; compile {s['compile_s'] / s['trained']:.1f} s a run on {s['compile_workers']} threads)")
+PY
 t2=$(date +%s)
 echo "(b) grid trial of $populations populations: $((t2 - t1)) s; total $((t2 - t0)) s"

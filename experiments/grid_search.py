@@ -45,8 +45,9 @@ flags.DEFINE_string('classifier_dir', '', 'Offline classifier directory (default
 flags.DEFINE_integer('max_populations', None, 'Stop after this many populations (trials: the '
                      'summary projects the whole shard from them).')
 flags.DEFINE_integer('compile_workers', None, 'Threads compiling upcoming populations while one '
-                     'trains (default: config.grid.compile_workers; -1: min(8, CPU cores / 2); '
-                     '0: compile each population when its turn comes).')
+                     'trains (default: config.grid.compile_workers; -1: min(8, CPU cores / 2) '
+                     'on an accelerator, none on a CPU; 0: compile each population when its '
+                     'turn comes).')
 flags.DEFINE_string('compilation_cache_dir', '', "JAX's persistent compilation cache: a resumed "
                     'or re-sharded grid loads its programs from there instead of compiling '
                     'them again.')
