@@ -570,6 +570,9 @@ def run_grid(points: Sequence[ml_collections.ConfigDict], workdir: str | os.Path
   log(f'Offline classifier {classifier_dir}: test accuracy {accuracy:.4f}')
   reference = evaluate.reference_statistics(clf_params, base)
   settings = evaluate.eval_settings(base)
+  # Compile the scoring program now (once per grid), not inside the first population's score_s.
+  evaluate.score_images(clf_params, jnp.zeros((settings.num_samples, base.image_size,
+                                               base.image_size, base.channels)), reference)
   mesh = sharding.make_mesh()
   if compile_workers is None:
     compile_workers = base.grid.get('compile_workers', -1)
