@@ -298,7 +298,8 @@ def compile_population(configs: Sequence[ml_collections.ConfigDict],
   XLA's compilation releases the GIL (tracing and lowering in Python do not): on the 2-core
   CPU a pure-Python loop in a second thread kept ~70% of its speed during a compile. A lone
   XLA:CPU compile already keeps ~1.6 cores busy (3.1 s of CPU in 1.9 s), so there two compile
-  threads gained nothing over one; on a 16-core GPU host they have the cores to spread over.
+  threads gained nothing over one (see `default_compile_workers`); a 16-core GPU host has
+  the cores to spread them over, and the tracing share (~45% here) stays serial.
 
   Args:
     configs: the members (one signature), all with the same `total_steps`.
