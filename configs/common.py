@@ -79,6 +79,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.optim.b2 = 0.999
   config.optim.lr_decay_start = 0  # > 0: linear learning-rate decay to 0 from this step on.
 
+  # Precision of the train step's fp32 matmuls: 'default' (JAX's), 'tensorfloat32',
+  # 'bfloat16', 'float32'/'highest'. A speed option that changes the numerics (the paper
+  # trained in fp32); see ebgan_jax.step.matmul_precision.
+  config.matmul_precision = 'default'
+
   config.log_every_steps = 100
   config.checkpoint_every_steps = 1000
   config.sample_every_steps = 1000

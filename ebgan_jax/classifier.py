@@ -119,6 +119,22 @@ def _apply_batched(params: Any, images: jax.Array | np.ndarray) -> tuple[jax.Arr
   return (jnp.concatenate([o[0] for o in outs])[:n], jnp.concatenate([o[1] for o in outs])[:n])
 
 
+def apply_in_chunks(params: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`_apply_batched` as one traceable function: `lax.map` over chunks of `EVAL_BATCH`.
+
+  For use inside a jitted caller (the grid's scoring program), where a Python loop of chunks
+  would unroll into one copy of the network per chunk.
+  """
+  images = to_classifier_input(images)
+  n = images.shape[0]
+  if n == 0:
+    raise ValueError('No images to classify.')
+  padded = jnp.pad(images, ((0, -n % EVAL_BATCH), (0, 0), (0, 0), (0, 0)))
+  chunks = padded.reshape(-1, EVAL_BATCH, *padded.shape[1:])
+  logits, feats = jax.lax.map(lambda x: ConvNet().apply(params, x), chunks)
+  return logits.reshape(-1, logits.shape[-1])[:n], feats.reshape(-1, feats.shape[-1])[:n]
+
+
 def predict_logits(params: Any, images: jax.Array | np.ndarray) -> jax.Array:
   """Classifier logits, shape [N, 10], for images [N, 28 or 32, same, 1] in [-1, 1]."""
   return _apply_batched(params, images)[0]

@@ -57,13 +57,16 @@ def group_configs(configs: Sequence[ml_collections.ConfigDict], max_size: int = 
 
 @dataclasses.dataclass
 class Population:
-  """A stacked state of `size` members and the jitted functions that advance it."""
+  """A stacked state of `size` members and the functions that create and advance it."""
   trainer: step.Trainer
   configs: list[ml_collections.ConfigDict]
   train_keys: jax.Array      # [P] typed keys: each member's train stream.
   sample_keys: jax.Array     # [P]
-  state: step.TrainState     # Every leaf has a leading [P] axis.
-  train_step: Callable       # (state, batch) -> (state, metrics [P])
+  state: step.TrainState     # Every leaf has a leading [P] axis (shapes only if abstract).
+  train_step: Callable       # jitted (state, batch) -> (state, metrics [P]); donates state.
+  step_fn: Callable          # The same, not jitted: for callers that scan or fuse steps.
+  init_fn: Callable          # jitted (*init_args) -> the initial stacked state.
+  init_args: tuple           # Member keys and hyper-parameters, [P] each.
 
   @property
   def size(self) -> int:
@@ -78,7 +81,7 @@ def _member_keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Arra
 
 def create_population(configs: Sequence[ml_collections.ConfigDict], total_steps: int,
                       mesh: jax.sharding.Mesh | None = None,
-                      strategy: str = 'vmap') -> Population:
+                      strategy: str = 'vmap', abstract: bool = False) -> Population:
   """Stacks the initial states of `configs` (all of one signature) into one population.
 
   Args:
@@ -88,6 +91,9 @@ def create_population(configs: Sequence[ml_collections.ConfigDict], total_steps:
     strategy: how one program advances every member: 'vmap' (batched matmuls: fills an
       accelerator) or 'map' (`lax.map`: members one after the other inside one program; on
       the 2-core CPU of BENCHMARKS.md it measured no faster than 'vmap').
+    abstract: build the functions but leave the state as shapes (`jax.ShapeDtypeStruct`s),
+      allocating nothing: to compile a population ahead of training it (`ebgan_jax.grid`),
+      then `init_fn(*init_args)` gives the state.
   """
   configs = list(configs)
   signatures = {shared_signature(c) for c in configs}
@@ -113,8 +119,9 @@ def create_population(configs: Sequence[ml_collections.ConfigDict], total_steps:
         hparams={'margin': margin, 'pt_weight': pt_weight})
 
   repl = sharding.replicated(mesh)
-  state = jax.jit(jax.vmap(init_member), out_shardings=repl)(
-      init_keys, lr_d, lr_g, margin, pt_weight)
+  init_fn = jax.jit(jax.vmap(init_member), out_shardings=repl)
+  init_args = (init_keys, lr_d, lr_g, margin, pt_weight)
+  state = jax.eval_shape(init_fn, *init_args) if abstract else init_fn(*init_args)
   batch = sharding.batch_sharding(mesh)
 
   def member_step(state, images, key):
@@ -134,7 +141,8 @@ def create_population(configs: Sequence[ml_collections.ConfigDict], total_steps:
 
   jitted = jax.jit(population_step, in_shardings=(repl, batch), out_shardings=(repl, repl),
                    donate_argnums=0)
-  return Population(trainer, configs, train_keys, sample_keys, state, jitted)
+  return Population(trainer, configs, train_keys, sample_keys, state, jitted, population_step,
+                    init_fn, init_args)
 
 
 def member_state(population: Population, index: int) -> step.TrainState:

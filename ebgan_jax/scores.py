@@ -13,7 +13,10 @@ Numerics. float32 (JAX's default); float64 inputs stay float64 under `jax_enable
   (0 log 0 = 0), as in `scipy.stats.entropy`.
 - The Frechet distance takes tr sqrt(S1 S2) from symmetric eigendecompositions only (no
   general `sqrtm`, which in JAX is CPU-only and complex-valued), with matmuls at
-  `Precision.HIGHEST` so that GPUs/TPUs do not drop to bf16/tf32 passes.
+  `Precision.HIGHEST` so that GPUs/TPUs do not drop to bf16/tf32 passes. When one side is
+  fixed (a grid scores every run against the same test split), pass its `covariance_factor`,
+  computed once: each distance then needs one `eigvalsh` instead of an `eigh` and an
+  `eigvalsh` (F = 2,048 on the 2-core CPU: 0.6 s instead of 1.25 s).
 """
 
 from __future__ import annotations
@@ -122,29 +125,51 @@ def feature_statistics(features: jax.Array) -> tuple[jax.Array, jax.Array]:
   return mu, sigma
 
 
-def _sqrt_psd(matrix: jax.Array) -> jax.Array:
+def sqrt_psd(matrix: jax.Array) -> jax.Array:
   """Symmetric PSD square root V diag(sqrt(max(w, 0))) V^T; negative round-off eigenvalues -> 0."""
   matrix = 0.5 * (matrix + matrix.T)
   w, v = jnp.linalg.eigh(matrix)
   return jnp.matmul(v * jnp.sqrt(jnp.maximum(w, 0.0)), v.T, precision=_HIGHEST)
 
 
-def trace_sqrt_product(sigma1: jax.Array, sigma2: jax.Array) -> jax.Array:
+def covariance_factor(sigma: jax.Array, features: jax.Array | None = None) -> jax.Array:
+  """A factor L [R, F] with L^T L = sigma, for `frechet_distance(..., factor2=L)`.
+
+  With the features [N, F] that gave `sigma` and N <= F (a rank-deficient covariance), the
+  centred features / sqrt(N - 1): exact, with no square root of the (round-off) zero
+  eigenvalues, which would cost ~1e-3 relative precision. Otherwise the PSD square root
+  (R = F), from one `eigh`.
+  """
+  if features is not None and features.shape[0] <= features.shape[-1]:
+    features = _at_least_float32(features)
+    return (features - jnp.mean(features, axis=0)) / jnp.sqrt(features.shape[0] - 1.0)
+  return sqrt_psd(_at_least_float32(sigma))
+
+
+def trace_sqrt_product(sigma1: jax.Array, sigma2: jax.Array, *,
+                       factor2: jax.Array | None = None) -> jax.Array:
   """tr sqrt(S1 S2) for symmetric PSD S1, S2, via symmetric eigendecompositions.
 
   S1 S2 is not symmetric, but it is similar to A = S1^(1/2) S2 S1^(1/2) (conjugate by
   S1^(1/2)), which is symmetric PSD, so both have the same non-negative eigenvalues l_i and
-  tr sqrt(S1 S2) = sum_i sqrt(l_i). Two `eigh` calls, no complex arithmetic.
+  tr sqrt(S1 S2) = sum_i sqrt(l_i). Two `eigh` calls, no complex arithmetic. Given a factor
+  L of S2 (L^T L = S2, `covariance_factor`), A = L S1 L^T instead: S1 S2 = S1 L^T L has the
+  non-zero eigenvalues of L S1 L^T, so one `eigvalsh` (of an [R, R] matrix) suffices.
   """
-  root1 = _sqrt_psd(sigma1)  # [F, F]
-  inner = jnp.matmul(jnp.matmul(root1, sigma2, precision=_HIGHEST), root1, precision=_HIGHEST)
+  if factor2 is not None:
+    inner = jnp.matmul(jnp.matmul(factor2, sigma1, precision=_HIGHEST), factor2.T,
+                       precision=_HIGHEST)
+  else:
+    root1 = sqrt_psd(sigma1)  # [F, F]
+    inner = jnp.matmul(jnp.matmul(root1, sigma2, precision=_HIGHEST), root1,
+                       precision=_HIGHEST)
   inner = 0.5 * (inner + inner.T)
   eigenvalues = jnp.linalg.eigvalsh(inner)
   return jnp.sum(jnp.sqrt(jnp.maximum(eigenvalues, 0.0)))
 
 
 def frechet_distance(mu1: jax.Array, sigma1: jax.Array, mu2: jax.Array,
-                     sigma2: jax.Array) -> jax.Array:
+                     sigma2: jax.Array, *, factor2: jax.Array | None = None) -> jax.Array:
   """Frechet distance between N(mu1, S1) and N(mu2, S2) (Heusel et al., 2017; "FID").
 
   d^2 = ||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr sqrt(S1 S2). Not a score of the EBGAN paper,
@@ -154,11 +179,15 @@ def frechet_distance(mu1: jax.Array, sigma1: jax.Array, mu2: jax.Array,
   Precision: float32 unless given float64 with `jax_enable_x64` on. With full-rank
   covariances (N well above F samples) float32 agrees with a float64 `scipy.linalg.sqrtm`
   to ~1e-5 of tr S1 + tr S2. Rank-deficient covariances (N <= F) are worse, ~1e-3 of it: the
-  square root magnifies the round-off in the many zero eigenvalues. The result is clipped at 0.
+  square root magnifies the round-off in the many zero eigenvalues. With `factor2` from the
+  features (`covariance_factor(sigma2, features2)`) no square root is taken at all, and the
+  ~1e-5 holds for rank-deficient S1 and S2 too (the tests measure 3e-6). Clipped at 0.
 
   Args:
     mu1, mu2: means, shape [F].
     sigma1, sigma2: covariances, shape [F, F], symmetric PSD.
+    factor2: optional `covariance_factor(sigma2)` (L^T L = sigma2), computed once when many
+      distances share the second side: then one `eigvalsh` per call, no `eigh`.
   Returns:
     Scalar squared distance d^2 (the quantity usually reported as FID).
   """
@@ -166,10 +195,14 @@ def frechet_distance(mu1: jax.Array, sigma1: jax.Array, mu2: jax.Array,
   if mu1.shape != (f,) or mu2.shape != (f,) or sigma1.shape != (f, f) or sigma2.shape != (f, f):
     raise ValueError(f'Mismatched statistics: mu1 {mu1.shape}, sigma1 {sigma1.shape}, '
                      f'mu2 {mu2.shape}, sigma2 {sigma2.shape}; expected [F] and [F, F].')
+  if factor2 is not None and (factor2.ndim != 2 or factor2.shape[-1] != f):
+    raise ValueError(f'factor2 has shape {factor2.shape}; expected [R, {f}].')
   mu1, mu2, sigma1, sigma2 = (_at_least_float32(a) for a in (mu1, mu2, sigma1, sigma2))
   diff = mu1 - mu2
+  tr_sqrt = trace_sqrt_product(
+      sigma1, sigma2, factor2=None if factor2 is None else _at_least_float32(factor2))
   distance = (jnp.dot(diff, diff, precision=_HIGHEST) + jnp.trace(sigma1) + jnp.trace(sigma2)
-              - 2.0 * trace_sqrt_product(sigma1, sigma2))
+              - 2.0 * tr_sqrt)
   return jnp.maximum(distance, 0.0)
 
 

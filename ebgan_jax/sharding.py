@@ -28,6 +28,11 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def stacked_batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Batches stacked along a leading step axis [K, B, ...]: B split over 'data'."""
+  return NamedSharding(mesh, P(None, DATA_AXIS))
+
+
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
@@ -39,3 +44,11 @@ def global_batch(local_batch: np.ndarray, mesh: jax.sharding.Mesh) -> jax.Array:
     raise ValueError(f'The local batch of {local_batch.shape[0]} does not split over the '
                      f'{mesh.devices.size // jax.process_count()} local devices.')
   return jax.make_array_from_process_local_data(sharding, local_batch)
+
+
+def global_batches(local_batches: np.ndarray, mesh: jax.sharding.Mesh) -> jax.Array:
+  """`global_batch` for host-local batches stacked along a leading step axis [K, b, ...]."""
+  if local_batches.shape[1] % (mesh.devices.size // jax.process_count()):
+    raise ValueError(f'The local batch of {local_batches.shape[1]} does not split over the '
+                     f'{mesh.devices.size // jax.process_count()} local devices.')
+  return jax.make_array_from_process_local_data(stacked_batch_sharding(mesh), local_batches)

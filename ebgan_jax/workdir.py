@@ -21,6 +21,10 @@ RESUMABLE_FIELDS = frozenset({
     'sample_every_steps', 'keep_checkpoints', 'num_sample_images', 'tfds_data_dir',
 })
 
+# Fields added after runs were recorded, with the value that older runs (which lack the field)
+# trained with: a missing field equal to it is no difference.
+ADDED_FIELDS = {'matmul_precision': 'default'}
+
 
 class ConfigMismatchError(ValueError):
   """The workdir holds a run whose config differs from the one given."""
@@ -55,8 +59,8 @@ def record_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
   path = pathlib.Path(workdir) / CONFIG_FILE
   new = json.loads(config.to_json())
   if path.exists():
-    old = _flatten(json.loads(path.read_text()))
-    flat_new = _flatten(new)
+    old = {**ADDED_FIELDS, **_flatten(json.loads(path.read_text()))}
+    flat_new = {**ADDED_FIELDS, **_flatten(new)}
     differing = sorted(k for k in set(old) | set(flat_new)
                        if k.split('.')[-1] not in RESUMABLE_FIELDS
                        and old.get(k, '<missing>') != flat_new.get(k, '<missing>'))

@@ -1,6 +1,7 @@
 """Training-step throughput, compile time, XLA FLOPs and memory, beside the matmul peak.
 
   python -m experiments.benchmark [--configs=gan,ebgan,ebgan_pt] [--batch_sizes=64,256]
+      [--population_sizes=1,16] [--matmul_precision=tensorfloat32]
 
 For each Figure 4 config (App. C) and batch size: images/s of the jitted train step (one D
 and one G update), its compile time, its FLOPs per iteration from XLA's cost analysis of the
@@ -33,6 +34,10 @@ flags.DEFINE_list('configs', ['gan', 'ebgan', 'ebgan_pt'],
                   'ebgan_pt or celeba:ebgan_pt.')
 flags.DEFINE_string('dtype', '', "Compute dtype for the models (config.model.dtype), e.g. "
                     "'bfloat16'; '' keeps the config's.")
+flags.DEFINE_enum('matmul_precision', 'default', list(step.MATMUL_PRECISIONS),
+                  "config.matmul_precision of the timed steps and populations: 'default' "
+                  "keeps JAX's; 'tensorfloat32', 'bfloat16' and 'float32'/'highest' change "
+                  'the numerics (ebgan_jax.step.matmul_precision).')
 flags.DEFINE_list('batch_sizes', ['64', '256'], 'Global batch sizes.')
 flags.DEFINE_float('seconds', 10.0, 'Timed seconds per measurement (after warm-up).')
 flags.DEFINE_integer('matmul_size', 0, 'Side of the square fp32 matmul for the peak '
@@ -47,11 +52,12 @@ flags.DEFINE_enum('population_strategy', 'vmap', ['vmap', 'map'],
 flags.DEFINE_string('json', '', 'Write the results to this JSON file.')
 
 
-def matmul_gflops(n: int, seconds: float = 3.0, dtype=jnp.float32) -> float:
+def matmul_gflops(n: int, seconds: float = 3.0, dtype=jnp.float32,
+                  precision: str = 'highest') -> float:
   """Measured GFLOP/s of an n x n x n matmul (2 n^3 FLOPs), best of repeated runs."""
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-  f = jax.jit(lambda x, y: jnp.dot(x, y, precision=jax.lax.Precision.HIGHEST))
+  f = jax.jit(lambda x, y: jnp.dot(x, y, precision=precision))
   f(a, b).block_until_ready()
   best, deadline = 0.0, time.perf_counter() + seconds
   while time.perf_counter() < deadline:
@@ -97,6 +103,7 @@ def bench_step(variant: str, batch_size: int, seconds: float) -> dict:
   """Compiles and times the train step of one config at one global batch size."""
   config = load_config(variant)
   config.batch_size = batch_size
+  config.matmul_precision = FLAGS.matmul_precision
   if FLAGS.dtype:
     config.model.dtype = FLAGS.dtype
   mesh = sharding.make_mesh()
@@ -131,6 +138,7 @@ def bench_step(variant: str, batch_size: int, seconds: float) -> dict:
       if elapsed >= seconds:
         break
   return {'config': variant, 'batch_size': batch_size, 'compile_s': compile_s,
+          'matmul_precision': FLAGS.matmul_precision,
           'flops_per_step': flops, 'model_flops_per_step': model_flops,
           'model_gflops_per_s': model_flops * steps / elapsed / 1e9,
           'steps_per_s': steps / elapsed,
@@ -145,6 +153,7 @@ def bench_population(size: int, batch_size: int, seconds: float,
   for seed in range(size):
     config = mnist_fc.get_config(variant)
     config.batch_size, config.seed = batch_size, seed
+    config.matmul_precision = FLAGS.matmul_precision
     configs.append(config)
   pop = population.create_population(configs, total_steps=10**6,
                                      strategy=FLAGS.population_strategy)
@@ -168,7 +177,8 @@ def bench_population(size: int, batch_size: int, seconds: float,
       elapsed = time.perf_counter() - t
       if elapsed >= seconds:
         break
-  return {'population': size, 'strategy': FLAGS.population_strategy, 'config': variant, 'batch_size': batch_size,
+  return {'population': size, 'strategy': FLAGS.population_strategy, 'config': variant,
+          'batch_size': batch_size, 'matmul_precision': FLAGS.matmul_precision,
           'compile_s': compile_s, 'flops_per_step': flops,
           'steps_per_s': steps / elapsed,
           'member_images_per_s': steps * batch_size * size / elapsed,
@@ -193,7 +203,13 @@ def main(argv):
   n = FLAGS.matmul_size or (2048 if jax.default_backend() == 'cpu' else 8192)
   peak = matmul_gflops(n)
   machine = machine_description()
-  print(f'Machine: {machine}\nfp32 matmul {n}x{n}x{n}: {peak:.1f} GFLOP/s')
+  print(f'Machine: {machine}\nfp32 matmul {n}x{n}x{n}: {peak:.1f} GFLOP/s; train-step matmul '
+        f'precision: {FLAGS.matmul_precision}')
+  precision_peak = None
+  if FLAGS.matmul_precision not in ('default', 'float32', 'highest'):
+    precision_peak = matmul_gflops(n, precision=FLAGS.matmul_precision)
+    print(f'fp32 matmul at {FLAGS.matmul_precision} precision: {precision_peak:.1f} GFLOP/s '
+          '(the % columns stay against the full-fp32 rate)')
   bf16_peak = None
   if FLAGS.dtype == 'bfloat16':
     bf16_peak = matmul_gflops(n, dtype=jnp.bfloat16)
@@ -236,6 +252,8 @@ def main(argv):
     with open(FLAGS.json, 'w') as f:
       json.dump({'machine': machine, 'matmul_gflops': peak, 'matmul_size': n,
                  'dtype': FLAGS.dtype or 'config', 'bf16_matmul_gflops': bf16_peak,
+                 'matmul_precision': FLAGS.matmul_precision,
+                 'precision_matmul_gflops': precision_peak,
                  'peak_memory_mib': memory, 'results': rows,
                  'populations': pop_rows, 'argv': sys.argv}, f, indent=2)
 

@@ -12,6 +12,11 @@ and gets one row in DIR/results/<variant>-shard<i>of<n>.jsonl. Run the same comm
 resume: finished runs are skipped. `--merge` writes DIR/results.jsonl and DIR/results.csv
 from all shard tables. All the logic is in `ebgan_jax.grid`; see experiments/grid_search.slurm
 for a Slurm job array.
+
+Speed: the programs of upcoming populations compile on --compile_workers threads while one
+trains; --compilation_cache_dir keeps them for a resumed or re-sharded grid; the last line
+printed is a JSON summary with the wall time, runs/hour and the projected time of the whole
+shard (from a trial with --max_populations=N).
 """
 
 from __future__ import annotations
@@ -37,7 +42,15 @@ flags.DEFINE_integer('shard_index', None, 'This shard (default: SLURM_ARRAY_TASK
 flags.DEFINE_bool('merge', False, 'Only merge the shard tables into results.jsonl/.csv.')
 flags.DEFINE_string('classifier_dir', '', 'Offline classifier directory (default '
                     'WORKDIR/classifier-<dataset>; trained there when missing).')
-flags.DEFINE_integer('max_populations', None, 'Stop after this many populations (trials).')
+flags.DEFINE_integer('max_populations', None, 'Stop after this many populations (trials: the '
+                     'summary projects the whole shard from them).')
+flags.DEFINE_integer('compile_workers', None, 'Threads compiling upcoming populations while one '
+                     'trains (default: config.grid.compile_workers; -1: min(8, CPU cores / 2) '
+                     'on an accelerator, none on a CPU; 0: compile each population when its '
+                     'turn comes).')
+flags.DEFINE_string('compilation_cache_dir', '', "JAX's persistent compilation cache: a resumed "
+                    'or re-sharded grid loads its programs from there instead of compiling '
+                    'them again.')
 
 
 def load_sweep(config_flag_value: str):
@@ -61,13 +74,16 @@ def main(argv):
     raise app.UsageError('Pass --config=configs/mnist_grid.py:VARIANT')
   std_logging.getLogger('absl').setLevel(std_logging.WARNING)
   tf.config.set_visible_devices([], 'GPU')  # tf.data only.
+  if FLAGS.compilation_cache_dir:
+    grid.enable_compilation_cache(FLAGS.compilation_cache_dir)
   num_shards, shard_index = grid.shard_from_env(FLAGS.num_shards, FLAGS.shard_index)
   sweep = load_sweep(FLAGS['config'].config_filename)
   points = sweep(FLAGS.config)
   summary = grid.run_grid(points, FLAGS.workdir, num_shards=num_shards,
                           shard_index=shard_index,
                           classifier_dir=FLAGS.classifier_dir or None,
-                          max_populations=FLAGS.max_populations)
+                          max_populations=FLAGS.max_populations,
+                          compile_workers=FLAGS.compile_workers)
   print(json.dumps(summary))
 
 

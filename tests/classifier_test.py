@@ -62,6 +62,20 @@ def test_output_shapes_for_28_and_32_inputs():
   chex.assert_shape(feats, (3, classifier.FEATURE_DIM))
 
 
+def test_jitted_chunked_apply_equals_one_network_pass_per_image():
+  # 700 images: one full chunk of EVAL_BATCH and a padded one; each image's outputs are those
+  # of the network applied to it alone (padding never leaks into real rows).
+  params = classifier.init_params(jax.random.key(2))
+  images = np.random.default_rng(0).uniform(-1, 1, (700, 28, 28, 1)).astype(np.float32)
+  logits, feats = jax.jit(classifier.apply_in_chunks)(params, images)
+  chex.assert_shape((logits, feats), ((700, 10), (700, classifier.FEATURE_DIM)))
+  some = [0, 499, 500, 699]
+  want_logits, want_feats = classifier.ConvNet().apply(
+      params, classifier.to_classifier_input(images[some]))
+  np.testing.assert_allclose(logits[np.array(some)], want_logits, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(feats[np.array(some)], want_feats, rtol=1e-5, atol=1e-5)
+
+
 def test_short_training_reaches_sanity_accuracy(trained, digits):
   params, test_accuracy = trained
   # 64 Adam steps on 1,024 digits; chance is 0.1. The full 8,000-digit run reaches ~0.97.

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import mnist_grid
-from ebgan_jax import classifier, grid, population
+from ebgan_jax import classifier, grid, population, sharding
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -75,6 +75,21 @@ def test_shards_partition_the_populations():
       assert len({population.shared_signature(points[i]) for i in group}) == 1
 
 
+def test_compilation_cache_keeps_the_programs(tmp_path):
+  # In a fresh process: JAX reads the cache setting once, at its first compile.
+  script = textwrap.dedent('''
+      import sys
+      import jax, jax.numpy as jnp
+      from ebgan_jax import grid
+      grid.enable_compilation_cache(sys.argv[1])
+      jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).block_until_ready()
+      ''')
+  cache = tmp_path / 'cache'
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  subprocess.run([sys.executable, '-c', script, str(cache)], env=env, check=True, timeout=120)
+  assert [p for p in cache.iterdir() if p.is_file()], 'nothing was cached'
+
+
 # -- the results table ----------------------------------------------------------------------------
 _WRITER = textwrap.dedent('''
     import sys
@@ -122,6 +137,76 @@ def fast_compiles():
   jax.config.update('jax_disable_most_optimizations', previous)
 
 
+def _population_configs(kind, steps, steps_per_call):
+  """Two members of one signature; for 'gan' the second diverges (SGD at lr 1e30)."""
+  configs = []
+  for seed, lr in ((0, 0.01), (5, 1e30 if kind == 'gan' else 3e-4)):
+    config = mnist_grid.get_config('smoke')
+    config.seed, config.total_steps = seed, steps
+    config.grid.steps_per_call = steps_per_call
+    config.loss.kind = kind
+    optim = 'sgd' if kind == 'gan' else 'adam'
+    config.optim.optim_d = config.optim.optim_g = optim
+    config.optim.lr_d = config.optim.lr_g = lr
+    configs.append(config)
+  return configs
+
+
+def _step_by_step(configs, batches):
+  """The reference: one jitted step per batch (`pop.train_step`), the tracking in numpy."""
+  mesh = sharding.make_mesh()
+  pop = population.create_population(configs, len(batches), mesh)
+  history = []
+  for images in batches:
+    pop.state, metrics = pop.train_step(pop.state, sharding.global_batch(images, mesh))
+    history.append(jax.device_get(metrics))
+  metrics = {k: np.stack([h[k] for h in history]) for k in history[0]}  # [T, P] each
+  ok = np.isfinite(metrics['d_loss']) & np.isfinite(metrics['g_loss'])
+  finite = ok.all(axis=0)
+  tracked = {'finite': finite, 'nan_step': np.where(finite, -1, np.argmin(ok, axis=0))}
+  for k, v in metrics.items():
+    tracked[f'final/{k}'] = v[-grid.FINAL_WINDOW:].mean(axis=0)
+  return jax.device_get(pop.state), tracked
+
+
+@pytest.mark.parametrize('kind', ['gan', 'ebgan'])
+def test_scanned_calls_equal_one_step_per_call(kind, fast_compiles, monkeypatch):
+  # 7 steps in calls of 3 (3 + 3 + a tail call of 1), of 1 and of 7 against the plain loop;
+  # a window of 4 puts the tail (steps 3..6) across a call boundary.
+  monkeypatch.setattr(grid, 'FINAL_WINDOW', 4)
+  steps = 7
+  batches = np.random.default_rng(1).uniform(-1, 1, (steps, 16, 32, 32, 1)).astype(np.float32)
+  expected_state, expected = _step_by_step(_population_configs(kind, steps, 1), batches)
+  if kind == 'gan':  # The case the tracking is for: member 1 diverges, member 0 does not.
+    assert list(expected['finite']) == [True, False] and expected['nan_step'][1] >= 0
+  for k in (3, 1, 7):
+    configs = _population_configs(kind, steps, k)
+    program = grid.compile_population(configs)
+    assert (program.steps_per_call, program.run_tail is None) == (k, steps % k == 0)
+    pop, tracked = grid.train_population(configs, iter(batches), program=program)
+    assert sorted(tracked) == sorted(expected)
+    np.testing.assert_array_equal(tracked['finite'], expected['finite'])
+    np.testing.assert_array_equal(tracked['nan_step'], expected['nan_step'])
+    for name in expected:
+      np.testing.assert_allclose(tracked[name], expected[name], rtol=1e-5, atol=1e-6,
+                                 err_msg=f'K={k}: {name}')
+    state = jax.device_get(pop.state)
+    assert list(state.step) == [steps, steps]
+    # The scan body is the step the plain loop runs: equal up to float32 round-off. (The
+    # diverged member's params are NaN in both: assert_allclose treats NaNs as equal.)
+    for got, want in zip(jax.tree.leaves((state.g.params, state.d.params, state.d.batch_stats)),
+                         jax.tree.leaves((expected_state.g.params, expected_state.d.params,
+                                          expected_state.d.batch_stats))):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=f'K={k}')
+
+
+def test_a_short_batch_stream_is_an_error_not_a_shorter_run(fast_compiles):
+  configs = _population_configs('ebgan', 5, 2)
+  batches = np.zeros((4, 16, 32, 32, 1), np.float32)
+  with pytest.raises(ValueError, match='ran out after 4 of 5 steps'):
+    grid.train_population(configs, iter(batches))
+
+
 @pytest.fixture(scope='module')
 def untrained_classifier(tmp_path_factory):
   """A saved (untrained) classifier: the scores need one, its quality is not tested here."""
@@ -150,9 +235,21 @@ def test_smoke_grid_end_to_end_restart_nan_and_merge(tmp_path, tfds_data_dir,
   first = grid.run_grid(points, tmp_path, classifier_dir=untrained_classifier,
                         max_populations=1, log=log.append)
   assert first['trained'] == 2
-  # ... resumes: it trains only the rest, and loses nothing.
-  second = grid.run_grid(points, tmp_path, classifier_dir=untrained_classifier, log=log.append)
+  # ... resumes: it trains only the rest, and loses nothing. Compiled on 2 threads, the
+  # populations still train and write their rows in the sweep's order.
+  second = grid.run_grid(points, tmp_path, classifier_dir=untrained_classifier,
+                         compile_workers=2, log=log.append)
   assert (second['finished_before'], second['trained']) == (2, 4)
+  table = grid.read_table(grid.shard_table(tmp_path, 'smoke', 1, 0))
+  groups = grid.shard_populations(points, 1, 0, config.grid.max_population)
+  assert [r['run_id'] for r in table] == [ids[i] for g in groups for i in g]
+  for summary, populations in ((first, 1), (second, 2)):
+    assert summary['populations'] == populations
+    assert 0 < summary['train_s'] + summary['score_s'] + summary['setup_s'] <= summary['wall_s']
+    assert summary['runs_per_hour'] == pytest.approx(
+        3600 * summary['trained'] / summary['wall_s'], rel=1e-3)
+    assert summary['projected_shard_s'] >= summary['setup_s']
+  assert second['compile_workers'] == 2
   third = grid.run_grid(points, tmp_path, classifier_dir=untrained_classifier, log=log.append)
   assert third['trained'] == 0
 
@@ -166,7 +263,7 @@ def test_smoke_grid_end_to_end_restart_nan_and_merge(tmp_path, tfds_data_dir,
       continue
     assert not row['nan'], row['run_id']
     for key in ('i_prime', 'inception_score', 'fid', 'final_d_loss', 'final_g_loss',
-                'wall_time_s'):
+                'wall_time_s', 'compile_s', 'train_s', 'score_s'):
       assert np.isfinite(row[key]), (row['run_id'], key)
     assert sum(row['class_histogram']) == config.eval.num_samples
     assert row['seed'] == next(p.seed for p in points if grid.run_id(p) == row['run_id'])
@@ -177,3 +274,26 @@ def test_smoke_grid_end_to_end_restart_nan_and_merge(tmp_path, tfds_data_dir,
   merged = grid.merge(tmp_path)
   assert len(merged.read_text().splitlines()) == len(points)
   assert (tmp_path / grid.MERGED_CSV).read_text().count('\n') == len(points) + 1
+
+
+def test_a_failing_compile_surfaces_after_the_populations_before_it(
+    tmp_path, tfds_data_dir, untrained_classifier, fast_compiles, monkeypatch):
+  config = mnist_grid.get_config('smoke')
+  config.tfds_data_dir = tfds_data_dir
+  points = mnist_grid.sweep(config)
+  groups = grid.shard_populations(points, 1, 0, config.grid.max_population)
+  bad = grid.run_id(points[groups[1][0]])
+  compile_population = grid.compile_population
+
+  def failing(configs, *args, **kwargs):
+    if grid.run_id(configs[0]) == bad:
+      raise RuntimeError('compile failed on purpose')
+    return compile_population(configs, *args, **kwargs)
+
+  monkeypatch.setattr(grid, 'compile_population', failing)
+  with pytest.raises(RuntimeError, match='on purpose'):
+    grid.run_grid(points, tmp_path, classifier_dir=untrained_classifier, compile_workers=2,
+                  log=lambda _: None)
+  # The population before it was trained and written; nothing after it was.
+  written = [r['run_id'] for r in grid.read_results(tmp_path)]
+  assert written == [grid.run_id(points[i]) for i in groups[0]]

@@ -131,3 +131,19 @@ def test_member_configs_keep_their_hyperparameters(sgd_case):
   np.testing.assert_allclose(initial.d.opt_state.hyperparams['learning_rate'], [0.01, 0.001])
   np.testing.assert_allclose(initial.g.opt_state.hyperparams['learning_rate'], [0.01, 0.001])
   np.testing.assert_allclose(initial.hparams['margin'], [10.0, 10.0])
+
+
+def test_matmul_precision_reaches_the_vmapped_population_step():
+  configs = [_config(0, 1e-3), _config(1, 1e-3)]
+  images = jax.ShapeDtypeStruct((configs[0].batch_size, 32, 32, 1), jnp.float32)
+  texts = {}
+  for value in ('default', 'highest'):
+    for config in configs:
+      config.matmul_precision = value
+    pop = population.create_population(configs, STEPS, abstract=True)
+    texts[value] = pop.train_step.lower(pop.state, images).as_text()
+  dots = {v: [l for l in t.splitlines() if 'stablehlo.dot_general' in l] for v, t in texts.items()}
+  assert dots['highest'] and all('HIGHEST' in l for l in dots['highest'])
+  assert not any('HIGHEST' in l for l in dots['default'])
+  # Abstract: shapes only, no buffers (what the grid's compile threads build).
+  assert all(isinstance(l, jax.ShapeDtypeStruct) for l in jax.tree.leaves(pop.state))

@@ -142,6 +142,35 @@ def test_frechet_distance_matches_scipy_sqrtm(n1, n2, dim):
   np.testing.assert_allclose(float(got), expected, atol=tolerance * scale)
 
 
+@pytest.mark.parametrize('n1,n2,dim', [(300, 400, 16), (40, 30, 64), (300, 30, 64)])
+def test_frechet_distance_with_a_factor_of_the_second_side_matches_scipy(n1, n2, dim):
+  rng = np.random.default_rng(dim + n2)
+  mixing = rng.normal(size=(dim, dim))
+  feats1 = rng.normal(size=(n1, dim)) @ mixing
+  feats2 = 0.5 + rng.normal(size=(n2, dim)) @ (mixing + 0.3 * rng.normal(size=(dim, dim)))
+  mu1, sigma1 = feats1.mean(axis=0), np.cov(feats1, rowvar=False)
+  mu2, sigma2 = feats2.mean(axis=0), np.cov(feats2, rowvar=False)
+  expected = _scipy_frechet(mu1, sigma1, mu2, sigma2)
+  args = [jnp.asarray(a, jnp.float32) for a in (mu1, sigma1, mu2, sigma2)]
+  from_features = scores.covariance_factor(args[3], jnp.asarray(feats2, jnp.float32))
+  from_sigma = scores.covariance_factor(args[3])
+  # A factor L has L^T L = sigma2; from the features of a rank-deficient sigma2 it is
+  # [n2, dim] (the centred features), else the [dim, dim] square root.
+  assert from_features.shape == ((n2, dim) if n2 <= dim else (dim, dim))
+  for factor in (from_features, from_sigma):
+    np.testing.assert_allclose(np.asarray(factor, np.float64).T @ np.asarray(factor, np.float64),
+                               sigma2, atol=1e-4 * np.abs(sigma2).max())
+  scale = np.trace(sigma1) + np.trace(sigma2)
+  got = jax.jit(scores.frechet_distance)(*args, factor2=from_features)
+  # No square root of a rank-deficient matrix is taken (S1 is not rooted, and L comes from
+  # the features when S2 is rank-deficient): the tolerance of full-rank inputs holds for all
+  # three cases (measured 9e-6, 3e-6, 6e-8 of the traces).
+  np.testing.assert_allclose(float(got), expected, atol=1e-4 * scale)
+  got = scores.frechet_distance(*args, factor2=from_sigma)
+  tolerance = 1e-4 if min(n1, n2) > dim else 2e-3  # Rooting a rank-deficient sigma2 loses more.
+  np.testing.assert_allclose(float(got), expected, atol=tolerance * scale)
+
+
 def test_frechet_distance_of_identical_statistics_is_near_zero():
   feats = jnp.asarray(np.random.default_rng(5).normal(size=(500, 32)), jnp.float32)
   mu, sigma = scores.feature_statistics(feats)
@@ -152,6 +181,9 @@ def test_frechet_distance_of_identical_statistics_is_near_zero():
 def test_frechet_distance_rejects_mismatched_shapes():
   with pytest.raises(ValueError, match='Mismatched'):
     scores.frechet_distance(jnp.zeros(3), jnp.eye(3), jnp.zeros(4), jnp.eye(4))
+  with pytest.raises(ValueError, match='factor2'):
+    scores.frechet_distance(jnp.zeros(3), jnp.eye(3), jnp.zeros(3), jnp.eye(3),
+                            factor2=jnp.eye(4))
 
 
 # --- Mode coverage ---------------------------------------------------------------------------

@@ -309,3 +309,39 @@ def test_optimizer_update_is_optax_update_and_needs_no_weight_copies():
   copies = [line for line in hlo.splitlines() if ' copy(' in line
             and any(line.split('=')[1].strip().startswith(s) for s in weight_shapes)]
   assert not copies, 'weights copied before their update:\n' + '\n'.join(copies)
+
+
+def _dot_precisions(lowered) -> list[str]:
+  """The `precision = [...]` attribute of every dot_general in a lowered step's StableHLO."""
+  lines = [l for l in lowered.as_text().splitlines() if 'stablehlo.dot_general' in l]
+  assert lines, 'the step has no matmuls'
+  return [l.split('precision = [', 1)[1].split(']', 1)[0] if 'precision = [' in l else ''
+          for l in lines]
+
+
+# JAX's names: 'tensorfloat32' is Precision.HIGH, 'bfloat16' is DEFAULT; with no setting (our
+# 'default') the dots are lowered with DEFAULT too, so those two give the same program.
+@pytest.mark.parametrize('value,expected', [('default', {'DEFAULT, DEFAULT'}),
+                                            ('float32', {'HIGHEST, HIGHEST'}),
+                                            ('highest', {'HIGHEST, HIGHEST'}),
+                                            ('tensorfloat32', {'HIGH, HIGH'}),
+                                            ('bfloat16', {'DEFAULT, DEFAULT'})])
+def test_matmul_precision_reaches_every_dot_of_the_step(value, expected):
+  config = tiny_config()
+  config.matmul_precision = value
+  trainer = step.Trainer(config)
+  mesh = sharding.make_mesh(1)
+  key = jax.random.key(0)
+  state = jax.eval_shape(trainer.create_state, key)
+  images = jax.ShapeDtypeStruct((BATCH, 32, 32, 1), jnp.float32)
+  lowered = step.jit_train_step(trainer, mesh).lower(state, images, key)
+  assert set(_dot_precisions(lowered)) == expected
+  # The setting is scoped to the step's trace: nothing global is left behind.
+  assert jax.config.jax_default_matmul_precision is None
+
+
+def test_unknown_matmul_precision_is_refused_with_the_allowed_values():
+  config = tiny_config()
+  config.matmul_precision = 'fp8'
+  with pytest.raises(ValueError, match="'fp8'.*tensorfloat32"):
+    step.Trainer(config)
