@@ -14,7 +14,10 @@
 #     again with the same OUTDIR and it goes on with the next populations of the shard (the
 #     offline classifier is then loaded, not trained).
 # Needs what the grid needs (jax with CUDA, flax, optax, orbax, ml-collections, TensorFlow and
-# tensorflow-datasets for tf.data); the embedded MNIST digits, no download.
+# tensorflow-datasets for tf.data); the embedded MNIST digits, no download. Without TensorFlow,
+# GRID_DATA=DATA.npz (from `python -m experiments.grid_trial export`) runs (b) through
+# experiments/grid_trial.py: the same runner on the same batches. A classifier already in
+# OUTDIR/grid/classifier-mnist_10k is reused (copy one in to skip training it there).
 # SKIP_GRID=1 runs (a) alone. Environment overrides, e.g. for a try on a CPU:
 #   POPULATIONS=2 WORKERS=2 POP_SIZES=1,2 MEASURE_SECONDS=1 MATMUL_SIZE=512 \
 #   GRID_ARGS='--config.total_steps=20 --config.eval.num_samples=500' \
@@ -39,10 +42,14 @@ skip_grid=${SKIP_GRID:-0}
 # flax, optax and orbax, but not ml-collections, TensorFlow or tensorflow-datasets).
 "$python" -c 'import jax, flax, optax, orbax.checkpoint, ml_collections' || {
   echo 'Missing packages for (a): jax, flax, optax, orbax-checkpoint, ml-collections.' >&2; exit 1; }
-if [ "$skip_grid" != 1 ]; then
+grid_data=${GRID_DATA:-}
+if [ "$skip_grid" != 1 ] && [ -z "$grid_data" ]; then
   "$python" -c 'import tensorflow, tensorflow_datasets' || {
     echo 'The grid trial (b) reads its batches with tf.data: install tensorflow (CPU is enough)' \
-      'and tensorflow-datasets, or run (a) alone with SKIP_GRID=1.' >&2; exit 1; }
+      'and tensorflow-datasets; or export its data where TensorFlow is installed' \
+      '(python -m experiments.grid_trial export --config=configs/mnist_grid.py:ebgan' \
+      '--out=DATA.npz) and pass GRID_DATA=DATA.npz; or run (a) alone with SKIP_GRID=1.' >&2
+    exit 1; }
 fi
 mkdir -p "$out"
 t0=$(date +%s)
@@ -59,7 +66,12 @@ echo "(a) population benchmarks: $((t1 - t0)) s"
 
 if [ "$skip_grid" = 1 ]; then exit 0; fi
 # shellcheck disable=SC2086  # GRID_ARGS holds several flags.
-"$python" -m experiments.grid_search --config=configs/mnist_grid.py:ebgan --workdir="$out/grid" \
+if [ -n "$grid_data" ]; then  # No TensorFlow here: the grid's data exported elsewhere.
+  grid_cmd=(-m experiments.grid_trial run --data="$grid_data")
+else
+  grid_cmd=(-m experiments.grid_search)
+fi
+"$python" "${grid_cmd[@]}" --config=configs/mnist_grid.py:ebgan --workdir="$out/grid" \
   --num_shards="$spread" --shard_index=0 --max_populations="$populations" \
   --compile_workers="$workers" $grid_args 2>&1 | grep -v -e '^W[0-9]' -e '^I[0-9]' \
   | tee "$out/grid.log"
