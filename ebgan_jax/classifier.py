@@ -274,7 +274,12 @@ def load_classifier(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     raise ClassifierCheckpointError(
         f'The classifier at {path} was saved with {mismatched}, but this code expects '
         f'{expected}. {fix}')
-  target = jax.eval_shape(init_params, jax.random.key(0))  # abstract tree: shapes and dtypes
+  # Shapes and dtypes, placed on this process's first device: without a sharding, orbax
+  # would recreate the one it was saved with, which fails on another machine ("topology
+  # mismatch", e.g. a classifier trained on a CPU and loaded on a GPU host).
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+                        jax.eval_shape(init_params, jax.random.key(0)))
   try:
     with ocp.StandardCheckpointer() as checkpointer:
       params = checkpointer.restore(path / PARAMS_SUBDIR, target)

@@ -99,6 +99,24 @@ def test_save_load_round_trip(trained, tmp_path):
   assert classifier.load_classifier(path)[1]['test_accuracy'] == 0.5
 
 
+def test_load_places_params_on_this_process_device_whatever_they_were_saved_with(
+    trained, tmp_path):
+  """A classifier saved from params spread over 2 devices loads onto one local device.
+
+  orbax would otherwise recreate the saved sharding, which fails on a machine with another
+  topology (a classifier trained on a CPU, loaded on a GPU host: "topology mismatch").
+  """
+  params, _ = trained
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:2]), ('data',))
+  spread = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  classifier.save_classifier(tmp_path / 'clf', spread, {'test_accuracy': 0.9})
+  restored, _ = classifier.load_classifier(tmp_path / 'clf')
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  for leaf in jax.tree.leaves(restored):
+    assert leaf.sharding == local, leaf.sharding
+  chex.assert_trees_all_close(restored, params)
+
+
 def test_missing_checkpoint_names_the_training_command(tmp_path):
   with pytest.raises(classifier.ClassifierCheckpointError,
                      match='python -m ebgan_jax.classifier --out_dir='):
