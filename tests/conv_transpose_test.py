@@ -55,7 +55,7 @@ def _random(shape, seed):
 
 
 @pytest.mark.parametrize('shape', SHAPES)
-@pytest.mark.parametrize('impl', ['lax', 'subpixel'])
+@pytest.mark.parametrize('impl', ['lax', 'subpixel', 'phase'])
 def test_conv_transpose_2x_matches_scatter_reference(shape, impl):
   batch, height, width, c_in, c_out = shape
   x, kernel = _random((batch, height, width, c_in), 0), _random((4, 4, c_in, c_out), 1)
@@ -66,7 +66,8 @@ def test_conv_transpose_2x_matches_scatter_reference(shape, impl):
 
 
 @pytest.mark.parametrize('shape', SHAPES)
-def test_subpixel_matches_lax_conv_transpose_values_and_grads(shape):
+@pytest.mark.parametrize('impl', ['subpixel', 'phase'])
+def test_lowering_matches_lax_conv_transpose_values_and_grads(shape, impl):
   batch, height, width, c_in, c_out = shape
   x, kernel = _random((batch, height, width, c_in), 2), _random((4, 4, c_in, c_out), 3)
   cotangent = _random((batch, 2 * height, 2 * width, c_out), 4)
@@ -80,7 +81,7 @@ def test_subpixel_matches_lax_conv_transpose_values_and_grads(shape):
     return out, vjp(cotangent)
 
   want = jax.jit(lambda: value_and_vjp(reference))()
-  got = jax.jit(lambda: value_and_vjp(ct.conv_transpose_2x_subpixel))()
+  got = jax.jit(lambda: value_and_vjp(ct._TRANSPOSE_IMPLS[impl]))()
   chex.assert_trees_all_close(got, want, atol=1e-4, rtol=1e-4)
 
 
@@ -107,7 +108,7 @@ def test_conv_transpose_2x_module_equals_flax_conv_transpose_with_same_params():
                                 bias_init=nn.initializers.normal(1.0))
   variables = flax_layer.init(_KEY, x)
   want = flax_layer.apply(variables, x)
-  for impl in ('lax', 'subpixel', 'auto'):
+  for impl in ('lax', 'subpixel', 'phase', 'auto'):
     got = ct.ConvTranspose2x(5, impl=impl).apply(variables, x)  # Same parameter tree.
     chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
 

@@ -59,7 +59,7 @@ import jax
 import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 
-Impl = Literal['auto', 'lax', 'subpixel']
+Impl = Literal['auto', 'lax', 'subpixel', 'phase']
 ConvImpl = Literal['auto', 'lax', 'space_to_depth']
 
 _DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
@@ -139,6 +139,35 @@ def conv_transpose_2x_subpixel(x: jax.Array, kernel: jax.Array,
   return y.reshape(batch, 2 * height, 2 * width, c_out)  # row 2m + a, column 2l + b
 
 
+def conv_transpose_2x_phase(x: jax.Array, kernel: jax.Array,
+                            precision: Any = None) -> jax.Array:
+  """"4c2s" transposed convolution as four exact 2x2 phase convolutions plus depth-to-space.
+
+  Same function as `conv_transpose_2x_lax`. From `subpixel_kernel`'s derivation, in 1-D
+  output phase a (rows 2m + a) is the 2-tap correlation of x with K[a::2] over the window
+  (x[m - 1 + a], x[m + a]), i.e. a stride-1 'VALID' convolution of x padded by (1 - a, a).
+  In 2-D phase (a, b) is the 2x2 convolution with the sub-kernel K[a::2, b::2] of x padded by
+  (1 - a, a) rows and (1 - b, b) columns. The four phases do exactly the multiply-adds of the
+  transposed convolution (4/9 of 'subpixel''s), as four separate convolutions.
+
+  Args:
+    x: [B, H, W, C_in].
+    kernel: [4, 4, C_in, C_out], flax's (non-flipped) `ConvTranspose` layout.
+    precision: passed to the convolutions.
+  Returns:
+    [B, 2H, 2W, C_out].
+  """
+  batch, height, width, _ = x.shape
+  c_out = kernel.shape[-1]
+  phases = [
+      jax.lax.conv_general_dilated(x, kernel[a::2, b::2], (1, 1), ((1 - a, a), (1 - b, b)),
+                                   dimension_numbers=_DIMENSION_NUMBERS, precision=precision)
+      for a in range(2) for b in range(2)]  # 4 x [B, H, W, C_out], phase (a, b)
+  y = jnp.stack(phases, axis=3).reshape(batch, height, width, 2, 2, c_out)  # [B, m, l, a, b, C]
+  y = y.transpose(0, 1, 3, 2, 4, 5)                      # [B, m, a, l, b, C_out]
+  return y.reshape(batch, 2 * height, 2 * width, c_out)  # row 2m + a, column 2l + b
+
+
 def conv_2x_lax(x: jax.Array, kernel: jax.Array, precision: Any = None) -> jax.Array:
   """"4c2s" convolution: [B, H, W, C_in] -> [B, H/2, W/2, C_out], kernel [4, 4, C_in, C_out]."""
   return jax.lax.conv_general_dilated(x, kernel, (2, 2), _CONV_PADDING,
@@ -175,7 +204,8 @@ def conv_2x_space_to_depth(x: jax.Array, kernel: jax.Array, precision: Any = Non
   return y.reshape(batch, h, w, c_out)
 
 
-_TRANSPOSE_IMPLS = {'lax': conv_transpose_2x_lax, 'subpixel': conv_transpose_2x_subpixel}
+_TRANSPOSE_IMPLS = {'lax': conv_transpose_2x_lax, 'subpixel': conv_transpose_2x_subpixel,
+                    'phase': conv_transpose_2x_phase}
 _CONV_IMPLS = {'lax': conv_2x_lax, 'space_to_depth': conv_2x_space_to_depth}
 
 
