@@ -23,6 +23,8 @@ VARIANTS = {
     'lax': ('lax', 'lax'),
     'subpixel': ('subpixel', 'lax'),
     'subpixel+s2d': ('subpixel', 'space_to_depth'),
+    'phase': ('phase', 'lax'),
+    'phase+s2d': ('phase', 'space_to_depth'),
 }
 IMAGE_SHAPE = (64, 64, 3)
 
