@@ -7,7 +7,7 @@ or doubles (fractional-strided convolution, generator and decoder) the spatial s
 `ConvTranspose2x` keeps `nn.ConvTranspose`'s parameters (`kernel` [4, 4, C_in, C_out] and
 `bias` [C_out]) and computes exactly `jax.lax.conv_transpose(x, kernel, (2, 2), 'SAME')`
 (flax's convention, `transpose_kernel=False`; PyTorch's `ConvTranspose2d(k=4, s=2, p=1)` is
-the same map with a spatially flipped kernel). Its lowering is picked per backend:
+the same map with a spatially flipped kernel). Its lowerings:
 
 - 'lax': `lax.conv_transpose`, i.e. a stride-1 convolution of the zero-dilated input. On GPU
   XLA hands it (and its gradients) to cuDNN's backward-data/backward-filter convolutions.
@@ -16,38 +16,49 @@ the same map with a spatially flipped kernel). Its lowering is picked per backen
   columns l - 1 + b, l + b. Embedding the four sub-kernels in one 3x3 kernel with 4 * C_out
   outputs gives a stride-1 SAME convolution of the *undilated* input followed by
   depth-to-space. It does 9/4 of the multiply-adds that are needed (the zero taps), but it is
-  a single plain convolution, whose gradients XLA:CPU handles well.
+  a single plain convolution.
+- 'phase': the same decomposition without the zero taps: four stride-1 2x2 convolutions (one
+  per phase, each of the suitably padded input), interleaved. Exactly the multiply-adds of
+  the transposed convolution.
+- 'phase_matmul': the four phases as one im2col matrix product (the 2x2 windows of the
+  1-padded input times the four sub-kernels side by side), each phase sliced out at its
+  offset; (H + 1)(W + 1) / (H W) of the exact multiply-adds. Forward and both gradients are
+  matrix products, no convolution.
+- 'col2im': one product x @ K[C_in, 16 C_out] (every tap of every input pixel) and a sum of 4
+  shifted tap planes per phase. Exact multiply-adds and no im2col copy of the input.
 
 `Conv2x` is the encoder's "4c2s" convolution with `nn.Conv`'s parameters: 'lax'
-(`lax.conv_general_dilated`, the default everywhere) or 'space_to_depth' (a space-to-depth
-reshuffle plus one matrix product, an exact im2col of the 4x4 stride-2 windows).
+(`lax.conv_general_dilated`) or 'space_to_depth' (a space-to-depth reshuffle plus one matrix
+product, an exact im2col of the 4x4 stride-2 windows).
 
-Measurements (this repo's 2-core CPU container shared with other jobs, so +-30% noise;
-XLA:CPU, jax 0.10.2, float32, batch 64, forward + backward w.r.t. input and kernel, best of
-2-4 runs):
+XLA:CPU (jax 0.10.2) runs its matrix products through YNNPACK but its convolutions' weight
+gradients slowly, so on CPU the products win. Forward + backward (w.r.t. input and kernel)
+of each layer at batch 64 (64x64 models), best of 3 interleaved runs, in ms, on the 2-core
+Xeon shared with other jobs (load average 2.8-3.2, so +-30%; PyTorch eager's figures, from
+`experiments/torch_reference.py`'s layers in a quieter minute, are only a guide):
 
-  ConvTranspose2x   in -> out, C_in -> C_out      'lax'     'subpixel'
-                    4 ->  8,   512 -> 256         1.20 s    0.40 s
-                    8 -> 16,   256 -> 128         1.49 s    0.15 s
-                   16 -> 32,   128 ->  64         4.01 s    0.25 s
-                   32 -> 64,    64 ->   3         0.10 s    0.08 s
+  ConvTranspose2x   in -> out, C_in -> C_out   'subpixel'  'phase'  'phase_matmul'  'col2im'
+                    4 ->  8,   512 -> 256         217         86         106           104
+                    8 -> 16,   256 -> 128         164         88          94           138
+                   16 -> 32,   128 ->  64         257        279         106           212
+                   32 -> 64,    64 ->   3          74        112          89            36
+  Conv2x            in -> out, C_in -> C_out   'lax'  'space_to_depth'
+                   64 -> 32,     3 ->  64         52         13
+                   32 -> 16,    64 -> 128        168        100
+                   16 ->  8,   128 -> 256        103         80
 
-  Whole 64x64 models (`python -m experiments.conv_benchmark`, heavier load: load average 11):
-    generator          'lax' 55.1 s/step (1.2 img/s)   'subpixel' 3.3 s/step (19.3 img/s)
-    auto-encoder D     'lax' 48.2 s/step (1.3 img/s)   'subpixel' 2.8 s/step (22.6 img/s)
-
-The weight gradient of the lhs-dilated convolution is what XLA:CPU handles badly, so 'auto'
-is 'subpixel' on CPU. An exact-FLOP variant (one 2x2 convolution of the 1-padded input with
-4 * C_out outputs, each phase sliced out at its offset) was also timed: faster on the 512-
-and 256-channel layers (0.37 s, 0.49 s vs 0.51 s, 0.67 s under load), 3x slower on the
-3-channel output layer (0.30 s vs 0.10 s) and about even in total, so the simpler 3x3 form
-is kept.
-
-`Conv2x`, space-to-depth vs 'lax': 0.11 s vs 0.31 s on the 64x64, 3 -> 64 input layer, within
-noise on the others; whole models: AE D (with the subpixel decoder) 2.94 s vs 2.83 s and
-3.08 s vs 3.90 s in two runs, binary D 1.62 s vs 2.16 s and 1.09 s vs 1.05 s. No reliable
-gain on this CPU, so 'auto' keeps `lax.conv_general_dilated` there; on an H200 GPU
-space-to-depth measured faster and is the 'auto' choice (see `_AUTO_CONV_IMPL`).
+At 128x128 (ImageNet, batch 16, load 3.3-4.3) the same holds, and 'phase' is also slow where
+C_in is not a multiple of 128 (the generator's inputs with noise planes: 1088 -> 512 at 4x4,
+'phase' 224 ms vs 'phase_matmul' 111 ms), as is 'col2im' with many output channels at large
+sizes (68 -> 64 at 64x64: 692 ms vs 258 ms); 'col2im' wins clearly only on the 3-channel
+output layer (33 ms vs 89). So 'auto' on CPU is 'phase_matmul', except 'col2im' for layers
+with at most 16 output channels, and 'space_to_depth' for `Conv2x`. Whole 64x64 models under
+the same load (`python -m experiments.conv_benchmark`): generator 'auto' 0.65 s vs 'phase'
+0.78 s per step of 64; auto-encoder 'auto' 0.44 s vs 'phase' + 'space_to_depth' 0.72 s. The
+earlier 'subpixel' CPU choice measured 0.71 s (generator) and 0.76 s (auto-encoder) in a
+quieter run where 'phase' took 0.49 s and 'phase' + 'space_to_depth' 0.60 s. XLA flags
+(`--xla_cpu_use_onednn`, `--xla_cpu_use_xnnpack`, `--xla_cpu_experimental_ynn_fusion_type`)
+changed nothing measurable. Train-step numbers: BENCHMARKS.md, "CPU: convolutional configs".
 """
 
 from __future__ import annotations
@@ -305,8 +316,9 @@ class ConvTranspose2x(nn.Module):
   """"(features)4c2s" fractional-strided convolution (App. C): [B, H, W, C] -> [B, 2H, 2W, F].
 
   Same parameters and function as `nn.ConvTranspose(features, (4, 4), strides=(2, 2),
-  padding='SAME')`; `impl` only changes how XLA computes it ('auto': 'subpixel' on CPU and GPU,
-  'lax' elsewhere; see the module docstring).
+  padding='SAME')`; `impl` only changes how XLA computes it ('auto': on CPU 'phase_matmul', or
+  'col2im' for at most 16 features; 'subpixel' on GPU; 'lax' elsewhere; see the module
+  docstring).
   """
   features: int
   use_bias: bool = True
