@@ -313,7 +313,8 @@ def main(argv):
   print(f'\nPeak memory: {memory:.0f} MiB')
   if FLAGS.json:
     with open(FLAGS.json, 'w') as f:
-      json.dump({'machine': machine, 'load_average': os.getloadavg(), 'matmul_gflops': peak, 'matmul_size': n,
+      json.dump({'machine': machine, 'load_average': os.getloadavg(), 'matmul_gflops': peak,
+                 'matmul_size': n,
                  'dtype': FLAGS.dtype or 'config', 'bf16_matmul_gflops': bf16_peak,
                  'matmul_precision': FLAGS.matmul_precision,
                  'precision_matmul_gflops': precision_peak,
