@@ -2,18 +2,30 @@
 
   python -m experiments.benchmark [--configs=gan,ebgan,ebgan_pt] [--batch_sizes=64,256]
       [--population_sizes=1,16] [--matmul_precision=tensorfloat32]
+  python -m experiments.benchmark --configs=celeba:ebgan_pt,lsun_bedroom:ebgan_pt \
+      --batch_sizes=64 --lowerings=lax,auto --seconds=10 --min_steps=2 --rounds=2
 
-For each Figure 4 config (App. C) and batch size: images/s of the jitted train step (one D
-and one G update), its compile time, its FLOPs per iteration from XLA's cost analysis of the
-lowered step, the achieved FLOP/s as a percentage of the machine's fp32 matmul rate measured
-in the same run, and the peak memory. Synthetic batches: this measures the step, not tf.data.
+For each config (the Figure 4 ones of App. C by default), batch size and, for the
+convolutional configs, "4c2s" lowering: images/s of the jitted train step (one D and one G
+update), its compile time, its FLOPs per iteration from XLA's cost analysis of the lowered
+step, the achieved FLOP/s as a percentage of the machine's fp32 matmul rate measured in the
+same run, and the peak memory. Synthetic batches: this measures the step, not tf.data.
 Prints a Markdown table for BENCHMARKS.md and, with --json, writes the numbers.
+
+`--lowerings` entries set `config.model.transpose_impl` and `conv_impl`
+(`ebgan_jax/models/conv_transpose.py`): 'lax' (the plain flax/XLA convolutions) or 'auto'
+set both; 'T+C' sets the transposed one to T and the strided one to C (e.g.
+'phase+space_to_depth'); any other single name sets the transposed one only. All variants are
+compiled first, then timed round by round (`--rounds`), so load from other processes hits
+them alike; each row reports its best round. A round times at least `--min_steps` steps and
+stops once `--seconds` have passed, so a slow variant costs a few steps, not minutes.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
 import platform
 import resource
 import sys
@@ -40,6 +52,13 @@ flags.DEFINE_enum('matmul_precision', 'default', list(step.MATMUL_PRECISIONS),
                   'the numerics (ebgan_jax.step.matmul_precision).')
 flags.DEFINE_list('batch_sizes', ['64', '256'], 'Global batch sizes.')
 flags.DEFINE_float('seconds', 10.0, 'Timed seconds per measurement (after warm-up).')
+flags.DEFINE_integer('min_steps', 1, 'Timed steps per measurement at least, whatever '
+                     '--seconds says.')
+flags.DEFINE_integer('warmup_steps', 3, 'Untimed steps after compiling.')
+flags.DEFINE_integer('rounds', 1, 'Timed rounds over all (config, batch, lowering) variants; '
+                     'the best round is reported.')
+flags.DEFINE_list('lowerings', [], "4c2s lowerings of the convolutional configs, e.g. "
+                  "'lax,auto' (see the module docstring); empty: the config's.")
 flags.DEFINE_integer('matmul_size', 0, 'Side of the square fp32 matmul for the peak '
                      '(0: 2048 on CPU, 8192 on accelerators).')
 flags.DEFINE_list('population_sizes', [], 'Also time populations of these sizes (config '
@@ -99,13 +118,29 @@ def load_config(entry: str):
   return importlib.import_module(f'configs.{name}').get_config(arg)
 
 
-def bench_step(variant: str, batch_size: int, seconds: float) -> dict:
-  """Compiles and times the train step of one config at one global batch size."""
+def set_lowering(config: ml_collections.ConfigDict, lowering: str) -> None:
+  """Sets the "4c2s" lowerings named by a `--lowerings` entry (see the module docstring)."""
+  if '+' in lowering:
+    config.model.transpose_impl, config.model.conv_impl = lowering.split('+', 1)
+  elif lowering in ('lax', 'auto'):
+    config.model.transpose_impl = config.model.conv_impl = lowering
+  else:
+    config.model.transpose_impl = lowering
+
+
+def prepare_step(variant: str, batch_size: int, lowering: str = '') -> dict:
+  """Compiles the train step of one config at one global batch size and warms it up.
+
+  Returns the result row so far (compile time, FLOPs) with the compiled step and its
+  arguments under the private keys that `time_step` uses.
+  """
   config = load_config(variant)
   config.batch_size = batch_size
   config.matmul_precision = FLAGS.matmul_precision
   if FLAGS.dtype:
     config.model.dtype = FLAGS.dtype
+  if lowering:
+    set_lowering(config, lowering)
   mesh = sharding.make_mesh()
   trainer = step.Trainer(config, total_steps=10**6)
   state = jax.jit(trainer.create_state, out_shardings=sharding.replicated(mesh))(
@@ -121,29 +156,45 @@ def bench_step(variant: str, batch_size: int, seconds: float) -> dict:
   compile_s = time.perf_counter() - t
   flops = step_flops(trainer, images.shape)
   # Model FLOPs for the MFU: those of the plain convolutions. The fast 4c2s lowerings
-  # (ebgan_jax/models/conv_transpose.py) execute more multiply-adds for the same function.
+  # (ebgan_jax/models/conv_transpose.py) may execute more multiply-adds for the same function.
   plain = ml_collections.ConfigDict(config.to_dict())
   plain.model.transpose_impl = plain.model.conv_impl = 'lax'
   model_flops = step_flops(step.Trainer(plain, total_steps=10**6), images.shape)
-  for _ in range(3):  # Warm-up.
+  t = time.perf_counter()
+  for _ in range(FLAGS.warmup_steps):
     state, metrics = compiled(state, images, key)
   jax.block_until_ready(metrics)
+  warmup_step_s = (time.perf_counter() - t) / max(FLAGS.warmup_steps, 1)
+  label = f'{variant} [{lowering}]' if lowering else variant
+  return {'config': variant, 'lowering': lowering, 'label': label, 'batch_size': batch_size,
+          'matmul_precision': FLAGS.matmul_precision, 'compile_s': compile_s,
+          'flops_per_step': flops, 'model_flops_per_step': model_flops,
+          'images_per_s': 0.0,
+          # Steps of ~10 ms or less are synchronised every 5 steps, slower ones every step.
+          '_sync_every': 5 if warmup_step_s < 0.01 else 1,
+          '_fn': compiled, '_state': state, '_args': (images, key)}
+
+
+def time_step(row: dict, seconds: float, min_steps: int) -> None:
+  """Times one round of `row`'s step; keeps the round's rates if they beat the best so far."""
+  compiled, state, (images, key) = row['_fn'], row['_state'], row['_args']
   steps, t = 0, time.perf_counter()
   while True:
     state, metrics = compiled(state, images, key)
     steps += 1
-    if steps % 5 == 0:
+    if steps % row['_sync_every'] == 0:
       jax.block_until_ready(metrics)
       elapsed = time.perf_counter() - t
-      if elapsed >= seconds:
+      if elapsed >= seconds and steps >= min_steps:
         break
-  return {'config': variant, 'batch_size': batch_size, 'compile_s': compile_s,
-          'matmul_precision': FLAGS.matmul_precision,
-          'flops_per_step': flops, 'model_flops_per_step': model_flops,
-          'model_gflops_per_s': model_flops * steps / elapsed / 1e9,
-          'steps_per_s': steps / elapsed,
-          'images_per_s': steps * batch_size / elapsed,
-          'gflops_per_s': flops * steps / elapsed / 1e9}
+  row['_state'] = state  # The input state was donated.
+  images_per_s = steps * row['batch_size'] / elapsed
+  row.setdefault('rounds_images_per_s', []).append(images_per_s)
+  if images_per_s > row['images_per_s']:
+    row.update(images_per_s=images_per_s, steps_per_s=steps / elapsed,
+               seconds_per_step=elapsed / steps,
+               gflops_per_s=row['flops_per_step'] * steps / elapsed / 1e9,
+               model_gflops_per_s=row['model_flops_per_step'] * steps / elapsed / 1e9)
 
 
 def bench_population(size: int, batch_size: int, seconds: float,
@@ -193,7 +244,6 @@ def machine_description() -> str:
       cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
   except (OSError, StopIteration):
     pass
-  import os  # pylint: disable=g-import-not-at-top
   return (f'{device.device_kind} ({jax.default_backend()}), {jax.device_count()} device(s); '
           f'host {cpu}, {os.cpu_count()} cores; jax {jax.__version__}')
 
@@ -218,21 +268,34 @@ def main(argv):
   print()
   rows = []
   mfu_head = ' MFU |' if FLAGS.chip_peak_tflops else ''
-  print('| config | batch | images/s | compile s | GFLOP/step | GFLOP/s | % of matmul peak |'
-        + mfu_head)
-  print('|---|---:|---:|---:|---:|---:|---:|' + ('---:|' if mfu_head else ''))
   for variant in FLAGS.configs:
     for batch_size in map(int, FLAGS.batch_sizes):
-      r = bench_step(variant, batch_size, FLAGS.seconds)
-      r['percent_of_peak'] = 100 * r['gflops_per_s'] / peak
-      mfu = ''
-      if FLAGS.chip_peak_tflops:
-        r['mfu'] = r['model_gflops_per_s'] / (FLAGS.chip_peak_tflops * 1e3)
-        mfu = f" {100 * r['mfu']:.0f}% |"
-      rows.append(r)
-      print(f"| {variant} | {batch_size} | {r['images_per_s']:.0f} | {r['compile_s']:.2f} | "
-            f"{r['flops_per_step'] / 1e9:.3f} | {r['gflops_per_s']:.1f} | "
-            f"{r['percent_of_peak']:.0f}% |{mfu}", flush=True)
+      conv = load_config(variant).model.family != 'mlp'  # Lowerings of the 4c2s layers.
+      for lowering in (FLAGS.lowerings if conv else []) or ['']:
+        rows.append(prepare_step(variant, batch_size, lowering))
+        print(f"compiled {rows[-1]['label']} batch {batch_size} in "
+              f"{rows[-1]['compile_s']:.1f} s", flush=True)
+  for i in range(FLAGS.rounds):
+    for r in rows:
+      time_step(r, FLAGS.seconds, FLAGS.min_steps)
+    print(f'round {i + 1}: ' + ', '.join(
+        f"{r['label']} b{r['batch_size']} {r['rounds_images_per_s'][-1]:.1f}" for r in rows)
+        + f' img/s; load average {os.getloadavg()[0]:.2f}', flush=True)
+  print('\n| config | batch | images/s | s/step | compile s | GFLOP/step | GFLOP/s |'
+        ' % of matmul peak |' + mfu_head)
+  print('|---|---:|---:|---:|---:|---:|---:|---:|' + ('---:|' if mfu_head else ''))
+  for r in rows:
+    for key in [k for k in r if k.startswith('_')]:
+      del r[key]
+    r['percent_of_peak'] = 100 * r['gflops_per_s'] / peak
+    mfu = ''
+    if FLAGS.chip_peak_tflops:
+      r['mfu'] = r['model_gflops_per_s'] / (FLAGS.chip_peak_tflops * 1e3)
+      mfu = f" {100 * r['mfu']:.0f}% |"
+    print(f"| {r['label']} | {r['batch_size']} | {r['images_per_s']:.1f} | "
+          f"{r['seconds_per_step']:.3f} | {r['compile_s']:.2f} | "
+          f"{r['flops_per_step'] / 1e9:.3f} | {r['gflops_per_s']:.1f} | "
+          f"{r['percent_of_peak']:.0f}% |{mfu}", flush=True)
   pop_rows = []
   if FLAGS.population_sizes:
     print('\n| population | batch | member-images/s | steps/s | speed-up vs 1 run | '
@@ -250,7 +313,8 @@ def main(argv):
   print(f'\nPeak memory: {memory:.0f} MiB')
   if FLAGS.json:
     with open(FLAGS.json, 'w') as f:
-      json.dump({'machine': machine, 'matmul_gflops': peak, 'matmul_size': n,
+      json.dump({'machine': machine, 'load_average': os.getloadavg(), 'matmul_gflops': peak,
+                 'matmul_size': n,
                  'dtype': FLAGS.dtype or 'config', 'bf16_matmul_gflops': bf16_peak,
                  'matmul_precision': FLAGS.matmul_precision,
                  'precision_matmul_gflops': precision_peak,

@@ -23,6 +23,10 @@ VARIANTS = {
     'lax': ('lax', 'lax'),
     'subpixel': ('subpixel', 'lax'),
     'subpixel+s2d': ('subpixel', 'space_to_depth'),
+    'phase': ('phase', 'lax'),
+    'phase+s2d': ('phase', 'space_to_depth'),
+    'phase_matmul+s2d': ('phase_matmul', 'space_to_depth'),
+    'auto': ('auto', 'auto'),
 }
 IMAGE_SHAPE = (64, 64, 3)
 

@@ -55,7 +55,7 @@ def _random(shape, seed):
 
 
 @pytest.mark.parametrize('shape', SHAPES)
-@pytest.mark.parametrize('impl', ['lax', 'subpixel'])
+@pytest.mark.parametrize('impl', ['lax', 'subpixel', 'phase', 'phase_matmul', 'col2im'])
 def test_conv_transpose_2x_matches_scatter_reference(shape, impl):
   batch, height, width, c_in, c_out = shape
   x, kernel = _random((batch, height, width, c_in), 0), _random((4, 4, c_in, c_out), 1)
@@ -66,7 +66,8 @@ def test_conv_transpose_2x_matches_scatter_reference(shape, impl):
 
 
 @pytest.mark.parametrize('shape', SHAPES)
-def test_subpixel_matches_lax_conv_transpose_values_and_grads(shape):
+@pytest.mark.parametrize('impl', ['subpixel', 'phase', 'phase_matmul', 'col2im'])
+def test_lowering_matches_lax_conv_transpose_values_and_grads(shape, impl):
   batch, height, width, c_in, c_out = shape
   x, kernel = _random((batch, height, width, c_in), 2), _random((4, 4, c_in, c_out), 3)
   cotangent = _random((batch, 2 * height, 2 * width, c_out), 4)
@@ -80,7 +81,7 @@ def test_subpixel_matches_lax_conv_transpose_values_and_grads(shape):
     return out, vjp(cotangent)
 
   want = jax.jit(lambda: value_and_vjp(reference))()
-  got = jax.jit(lambda: value_and_vjp(ct.conv_transpose_2x_subpixel))()
+  got = jax.jit(lambda: value_and_vjp(ct._TRANSPOSE_IMPLS[impl]))()
   chex.assert_trees_all_close(got, want, atol=1e-4, rtol=1e-4)
 
 
@@ -107,7 +108,7 @@ def test_conv_transpose_2x_module_equals_flax_conv_transpose_with_same_params():
                                 bias_init=nn.initializers.normal(1.0))
   variables = flax_layer.init(_KEY, x)
   want = flax_layer.apply(variables, x)
-  for impl in ('lax', 'subpixel', 'auto'):
+  for impl in ('lax', 'subpixel', 'phase', 'phase_matmul', 'col2im', 'auto'):
     got = ct.ConvTranspose2x(5, impl=impl).apply(variables, x)  # Same parameter tree.
     chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
 
@@ -124,8 +125,13 @@ def test_conv_2x_module_equals_flax_conv_with_same_params():
 
 
 def test_auto_picks_measured_lowering_per_backend():
-  assert ct.resolve_impl('auto', ct._AUTO_TRANSPOSE_IMPL, 'cpu') == 'subpixel'
-  assert ct.resolve_impl('auto', ct._AUTO_TRANSPOSE_IMPL, 'gpu') == 'subpixel'  # H200 timing
+  # CPU: the im2col product, but col2im for the few-channel (RGB) output layers.
+  assert ct.resolve_transpose_impl('auto', 64, 'cpu') == 'phase_matmul'
+  assert ct.resolve_transpose_impl('auto', 3, 'cpu') == 'col2im'
+  assert ct.resolve_transpose_impl('auto', 3, 'gpu') == 'subpixel'  # H200 timing
+  assert ct.resolve_transpose_impl('auto', 64, 'tpu') == 'lax'
+  assert ct.resolve_transpose_impl('phase', 3, 'cpu') == 'phase'
+  assert ct.resolve_impl('auto', ct._AUTO_CONV_IMPL, 'cpu') == 'space_to_depth'
   assert ct.resolve_impl('auto', ct._AUTO_CONV_IMPL, 'gpu') == 'space_to_depth'
   assert ct.resolve_impl('auto', ct._AUTO_CONV_IMPL, 'tpu') == 'lax'
   assert ct.resolve_impl('lax', ct._AUTO_TRANSPOSE_IMPL, 'cpu') == 'lax'

@@ -312,7 +312,9 @@ def test_lowerings_agree_on_the_whole_autoencoder():
   x = jax.random.uniform(jax.random.key(5), (BATCH, 64, 64, 3), minval=-1, maxval=1)
   variables = None
   results = []
-  for transpose_impl, conv_impl in [('lax', 'lax'), ('subpixel', 'space_to_depth')]:
+  # 'auto' on CPU: 'phase_matmul', 'col2im' for the RGB output layer, 'space_to_depth'.
+  for transpose_impl, conv_impl in [('lax', 'lax'), ('subpixel', 'space_to_depth'),
+                                    ('auto', 'auto')]:
     config = _config('dcgan64', 64, width_mult=1 / 16, transpose_impl=transpose_impl,
                      conv_impl=conv_impl)
     d = models.get_discriminator(config)
@@ -324,13 +326,14 @@ def test_lowerings_agree_on_the_whole_autoencoder():
       return jnp.mean(losses.energy(x, x_rec))
 
     results.append(jax.jit(jax.value_and_grad(energy, argnums=(0, 1)))(variables['params'], x))
-  (value_lax, (grads_lax, dx_lax)), (value_fast, (grads_fast, dx_fast)) = results
-  chex.assert_trees_all_close(value_fast, value_lax, rtol=1e-5)
-  chex.assert_trees_all_close(dx_fast, dx_lax, atol=1e-6, rtol=1e-3)
-  for name, grads in grads_lax.items():
-    # Layers followed by BN have no bias, so every gradient leaf is compared.
-    scale = max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(grads))
-    chex.assert_trees_all_close(grads_fast[name], grads, atol=1e-4 * scale, rtol=1e-3)
+  (value_lax, (grads_lax, dx_lax)), *fast = results
+  for value_fast, (grads_fast, dx_fast) in fast:
+    chex.assert_trees_all_close(value_fast, value_lax, rtol=1e-5)
+    chex.assert_trees_all_close(dx_fast, dx_lax, atol=1e-6, rtol=1e-3)
+    for name, grads in grads_lax.items():
+      # Layers followed by BN have no bias, so every gradient leaf is compared.
+      scale = max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(grads))
+      chex.assert_trees_all_close(grads_fast[name], grads, atol=1e-4 * scale, rtol=1e-3)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_outputs():

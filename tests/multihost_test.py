@@ -3,9 +3,12 @@
 The two processes train, checkpoint, are started again (resuming from the checkpoint) and
 train further. The result must equal one process trained on the same global batches, i.e.
 [process 0's local batch; process 1's local batch] at every step, built here directly from
-`input_pipeline.train_batches` and `step.jit_train_step` on a 1-device mesh.
+`input_pipeline.train_batches` and `step.jit_train_step` on a 1-device mesh. A second test
+does the same (without the restart) for a tiny deep convolutional config (Sec. 4.3, App. C),
+whose BatchNorm statistics over the global batch span the two processes.
 """
 
+import importlib
 import os
 import pathlib
 import socket
@@ -17,7 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import mnist_fc
+import tensorflow as tf
+
 from ebgan_jax import checkpoint, input_pipeline, sharding, step
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -52,10 +56,20 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def make_config(tfds_data_dir, total_steps):
-  config = mnist_fc.get_config('ebgan_pt')
-  for key, value in {**TINY, 'tfds_data_dir': tfds_data_dir,
-                     'total_steps': total_steps}.items():
+# The tiny CelebA config (widths / 32) on a folder of 8 random images, 2 images a process.
+CONV_CONFIG = 'celeba.py:ebgan_pt,tiny'
+CONV_TINY = {
+    'batch_size': 4, 'checkpoint_every_steps': 2, 'sample_every_steps': 2,
+    'num_sample_images': 4,
+    # SGD for the reason given in TINY (Adam turns round-off in ~zero gradients into +-lr).
+    'optim.optim_d': 'sgd', 'optim.optim_g': 'sgd', 'optim.lr_d': 0.01, 'optim.lr_g': 0.01,
+}
+
+
+def make_config(overrides, config_arg='mnist_fc.py:ebgan_pt'):
+  name, arg = config_arg.split(':')
+  config = importlib.import_module(f'configs.{name[:-len(".py")]}').get_config(arg)
+  for key, value in overrides.items():
     *parents, leaf = key.split('.')
     node = config
     for p in parents:
@@ -64,18 +78,21 @@ def make_config(tfds_data_dir, total_steps):
   return config
 
 
-def run_two_processes(workdir, tfds_data_dir, total_steps):
+def fc_overrides(tfds_data_dir, total_steps):
+  return {**TINY, 'tfds_data_dir': tfds_data_dir, 'total_steps': total_steps}
+
+
+def run_two_processes(workdir, overrides, config_arg='mnist_fc.py:ebgan_pt'):
   """Runs both processes of one invocation; returns their stderr texts."""
   port = free_port()
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # 1 CPU device each
   env.update(PYTHONPATH=str(REPO), JAX_DISABLE_MOST_OPTIMIZATIONS='true',
              TF_CPP_MIN_LOG_LEVEL='2', CUDA_VISIBLE_DEVICES='')
-  overrides = {**TINY, 'tfds_data_dir': tfds_data_dir, 'total_steps': total_steps}
   procs = []
   try:
     for i in range(NUM_PROCESSES):
       cmd = [sys.executable, '-m', 'ebgan_jax.main',
-             f'--config={REPO}/configs/mnist_fc.py:ebgan_pt', f'--workdir={workdir}',
+             f'--config={REPO}/configs/{config_arg}', f'--workdir={workdir}',
              *[f'--config.{k}={v}' for k, v in overrides.items()],
              f'--coordinator_address=127.0.0.1:{port}', f'--num_processes={NUM_PROCESSES}',
              f'--process_id={i}']
@@ -103,9 +120,9 @@ def single_process_reference(config, num_steps):
   shards = [input_pipeline.train_batches(config, process_index=i, process_count=NUM_PROCESSES)
             for i in range(NUM_PROCESSES)]
   for _ in range(num_steps):
-    local = [next(s) for s in shards]  # each [4, 32, 32, 1]
+    local = [next(s) for s in shards]  # each [B / 2, H, W, C]
     assert not np.allclose(local[0], local[1])  # each process reads its own shard
-    images = jax.device_put(np.concatenate(local), sharding.batch_sharding(mesh))  # [8, ...]
+    images = jax.device_put(np.concatenate(local), sharding.batch_sharding(mesh))  # [B, ...]
     state, _ = train_step(state, images, train_key)
   return trainer, jax.tree.map(np.asarray, state)
 
@@ -113,25 +130,51 @@ def single_process_reference(config, num_steps):
 @pytest.mark.slow
 def test_two_process_run_with_restart_matches_one_process(tmp_path, tfds_data_dir):
   workdir = tmp_path / 'multihost'
-  run_two_processes(workdir, tfds_data_dir, total_steps=4)
+  run_two_processes(workdir, fc_overrides(tfds_data_dir, 4))
   steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
   assert steps == [2, 4]
 
-  stderrs = run_two_processes(workdir, tfds_data_dir, total_steps=6)
+  stderrs = run_two_processes(workdir, fc_overrides(tfds_data_dir, 6))
   for err in stderrs:
     assert 'Resumed from the checkpoint of step 4' in err
 
-  trainer, expected = single_process_reference(make_config(tfds_data_dir, 6), 6)
+  assert_checkpoint_matches_one_process(workdir, make_config(fc_overrides(tfds_data_dir, 6)), 6)
+
+
+def assert_checkpoint_matches_one_process(workdir, config, num_steps):
+  """The 2-process run's checkpoint of `num_steps` equals `single_process_reference`."""
+  trainer, expected = single_process_reference(config, num_steps)
   init_key = jax.random.split(jax.random.key(0), 3)[0]  # config.seed = 0
   init_g_output_kernel = np.asarray(trainer.create_state(init_key).g.params['output']['kernel'])
   ckpt = checkpoint.Checkpointer(workdir / 'checkpoints')
   try:
-    assert 6 in ckpt.all_steps()
-    got = jax.tree.map(np.asarray, ckpt.restore(6, trainer.create_state(jax.random.key(1))))
+    assert num_steps in ckpt.all_steps()
+    got = jax.tree.map(np.asarray,
+                       ckpt.restore(num_steps, trainer.create_state(jax.random.key(1))))
   finally:
     ckpt.close()
-  assert int(got.step) == 6
+  assert int(got.step) == num_steps
   # Training moved the params far more than the tolerance (the comparison can fail).
   assert np.max(np.abs(got.g.params['output']['kernel'] - init_g_output_kernel)) > 1e-3
   chex.assert_tree_all_finite(got)
   chex.assert_trees_all_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def write_images(folder, n):
+  """n random 80x80 RGB PNGs: a dataset for the image-folder pipeline, offline."""
+  folder.mkdir(parents=True)
+  rng = np.random.RandomState(0)
+  for i in range(n):
+    image = rng.randint(0, 256, (80, 80, 3), dtype=np.uint8)
+    tf.io.write_file(str(folder / f'img{i}.png'), tf.io.encode_png(image))
+
+
+@pytest.mark.slow
+def test_two_process_conv_run_matches_one_process(tmp_path):
+  write_images(tmp_path / 'images', 8)
+  overrides = {**CONV_TINY, 'image_folder': str(tmp_path / 'images'), 'total_steps': 2}
+  workdir = tmp_path / 'multihost_conv'
+  run_two_processes(workdir, overrides, CONV_CONFIG)
+  config = make_config(overrides, CONV_CONFIG)
+  assert config.model.family == 'dcgan64' and config.model.width_mult < 1
+  assert_checkpoint_matches_one_process(workdir, config, 2)
