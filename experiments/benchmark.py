@@ -128,6 +128,20 @@ def set_lowering(config: ml_collections.ConfigDict, lowering: str) -> None:
     config.model.transpose_impl = lowering
 
 
+def synthetic_step_inputs(config: ml_collections.ConfigDict):
+  """(mesh, trainer, initial state, a synthetic batch in [-1, 1], train key) for `config`."""
+  mesh = sharding.make_mesh()
+  trainer = step.Trainer(config, total_steps=10**6)
+  state = jax.jit(trainer.create_state, out_shardings=sharding.replicated(mesh))(
+      jax.random.key(0))
+  images = jax.device_put(
+      np.random.default_rng(0).uniform(
+          -1, 1, (config.batch_size, config.image_size, config.image_size, config.channels)
+      ).astype(np.float32),
+      sharding.batch_sharding(mesh))
+  return mesh, trainer, state, images, jax.random.key(1)
+
+
 def prepare_step(variant: str, batch_size: int, lowering: str = '') -> dict:
   """Compiles the train step of one config at one global batch size and warms it up.
 
@@ -141,16 +155,7 @@ def prepare_step(variant: str, batch_size: int, lowering: str = '') -> dict:
     config.model.dtype = FLAGS.dtype
   if lowering:
     set_lowering(config, lowering)
-  mesh = sharding.make_mesh()
-  trainer = step.Trainer(config, total_steps=10**6)
-  state = jax.jit(trainer.create_state, out_shardings=sharding.replicated(mesh))(
-      jax.random.key(0))
-  images = jax.device_put(
-      np.random.default_rng(0).uniform(
-          -1, 1, (batch_size, config.image_size, config.image_size, config.channels)
-      ).astype(np.float32),
-      sharding.batch_sharding(mesh))
-  key = jax.random.key(1)
+  mesh, trainer, state, images, key = synthetic_step_inputs(config)
   t = time.perf_counter()
   compiled = step.jit_train_step(trainer, mesh).lower(state, images, key).compile()
   compile_s = time.perf_counter() - t

@@ -20,10 +20,9 @@ import tempfile
 import time
 
 import jax
-import numpy as np
 from absl import app, flags
 
-from ebgan_jax import sharding, step
+from ebgan_jax import step
 from experiments import benchmark  # Also defines --dtype.
 
 FLAGS = flags.FLAGS
@@ -32,8 +31,8 @@ flags.DEFINE_string('config', 'ebgan_pt', 'FILE:ARG of configs/FILE.py (FILE def
 flags.DEFINE_integer('batch_size', 64, 'Global batch size.')
 flags.DEFINE_integer('steps', 20, 'Profiled steps (after warm-up).')
 flags.DEFINE_integer('top', 25, 'Ops to list.')
-flags.DEFINE_list('set', [], 'Extra config overrides KEY=VALUE (Python literals), e.g. '
-                  'model.transpose_impl=lax.')
+flags.DEFINE_string('lowering', '', "4c2s lowering of a convolutional config, as "
+                    "benchmark.py's --lowerings entries (e.g. 'lax'); '' keeps the config's.")
 
 # Kernel names (GPU) -> group, for names the compiled HLO does not hold. First match wins.
 KERNEL_GROUPS = (
@@ -112,22 +111,9 @@ def main(argv):
   config.batch_size = FLAGS.batch_size
   if FLAGS.dtype:
     config.model.dtype = FLAGS.dtype
-  for item in FLAGS.set:
-    key, value = item.split('=', 1)
-    node, *path = key.split('.')
-    target = config[node]
-    for part in path[:-1]:
-      target = target[part]
-    target[path[-1]] = value
-  mesh = sharding.make_mesh()
-  trainer = step.Trainer(config, total_steps=10**6)
-  state = jax.jit(trainer.create_state, out_shardings=sharding.replicated(mesh))(
-      jax.random.key(0))
-  images = jax.device_put(
-      np.random.default_rng(0).uniform(
-          -1, 1, (FLAGS.batch_size, config.image_size, config.image_size, config.channels)
-      ).astype(np.float32), sharding.batch_sharding(mesh))
-  key = jax.random.key(1)
+  if FLAGS.lowering:
+    benchmark.set_lowering(config, FLAGS.lowering)
+  mesh, trainer, state, images, key = benchmark.synthetic_step_inputs(config)
   train_step = step.jit_train_step(trainer, mesh)
   groups_by_name, sources = hlo_groups(train_step.lower(state, images, key).compile().as_text())
   for _ in range(3):
