@@ -42,10 +42,10 @@ def _to_uint8(images):
   return np.round((np.asarray(images) + 1.0) * 127.5).astype(np.uint8)
 
 
-def export(args) -> None:
+def export_arrays(points, out: str) -> dict:
+  """Writes the data the grid of `points` reads (see the module docstring) to `out` (.npz)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from ebgan_jax import grid, input_pipeline  # pylint: disable=g-import-not-at-top
-  points, _ = _load_sweep(args.config)
   data_config = grid._data_config(points[0])  # pylint: disable=protected-access
   batches = input_pipeline.train_batches(data_config)
   train = [_to_uint8(next(batches)) for _ in range(points[0].total_steps)]
@@ -53,7 +53,13 @@ def export(args) -> None:
   for split in ('train', 'test'):
     images, labels = input_pipeline.split_arrays(points[0], split)
     arrays[f'{split}_images'], arrays[f'{split}_labels'] = _to_uint8(images), labels
-  np.savez_compressed(args.out, **arrays)
+  np.savez_compressed(out, **arrays)
+  return arrays
+
+
+def export(args) -> None:
+  points, _ = _load_sweep(args.config)
+  arrays = export_arrays(points, args.out)
   print(f'Wrote {args.out}: ' + ', '.join(f'{k} {v.shape}' for k, v in arrays.items()))
 
 

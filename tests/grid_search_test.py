@@ -297,3 +297,31 @@ def test_a_failing_compile_surfaces_after_the_populations_before_it(
   # The population before it was trained and written; nothing after it was.
   written = [r['run_id'] for r in grid.read_results(tmp_path)]
   assert written == [grid.run_id(points[i]) for i in groups[0]]
+
+
+def test_grid_trial_runs_the_grid_from_exported_data_without_tensorflow(tmp_path,
+                                                                          tfds_data_dir):
+  """experiments/grid_trial.py: export here, then run in a process where TensorFlow is a stub.
+
+  The trial must train and score every run from the exported arrays alone: the rows' scores
+  are finite and their count is the sweep's.
+  """
+  from experiments import grid_trial  # pylint: disable=g-import-not-at-top
+  config = mnist_grid.get_config('smoke')
+  config.tfds_data_dir = tfds_data_dir
+  points = mnist_grid.sweep(config)
+  data = tmp_path / 'data.npz'
+  arrays = grid_trial.export_arrays(points, str(data))
+  assert arrays['train_batches'].shape == (config.total_steps, config.batch_size, 32, 32, 1)
+  assert arrays['train_batches'].dtype == np.uint8 and arrays['test_images'].shape[0] == 2000
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  out = subprocess.run(
+      [sys.executable, '-m', 'experiments.grid_trial', 'run',
+       '--config=configs/mnist_grid.py:smoke', f'--data={data}',
+       f'--workdir={tmp_path / "grid"}', '--stub_tensorflow'],
+      cwd=REPO, env=env, check=True, timeout=600, capture_output=True, text=True)
+  summary = json.loads(out.stdout.strip().splitlines()[-1])
+  assert summary['trained'] == len(points) == 6
+  rows = grid.read_results(tmp_path / 'grid')
+  assert len(rows) == len(points)
+  assert all(np.isfinite(r['i_prime']) and not r['nan'] for r in rows)
