@@ -4,6 +4,8 @@ The expected updates are computed here from the flax modules and the paper's equ
 written out again in jnp (Eq. 1, 2, 13, 14), not through `ebgan_jax.losses` or the step.
 """
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -309,6 +311,17 @@ def test_optimizer_update_is_optax_update_and_needs_no_weight_copies():
   copies = [line for line in hlo.splitlines() if ' copy(' in line
             and any(line.split('=')[1].strip().startswith(s) for s in weight_shapes)]
   assert not copies, 'weights copied before their update:\n' + '\n'.join(copies)
+  # Nor are the squared gradients written out (step.global_norm keeps them fused).
+  squares = [line for line in hlo.splitlines() if ' = ' in line
+             and any(line.split(' = ')[1].startswith(s) for s in weight_shapes)
+             and re.search(r'op_name="[^"]*/(square|integer_pow|mul)"', line)
+             and re.search(r' fusion\(%dot(\.\d+)?\)', line)]
+  assert not squares, 'squared gradients materialised:\n' + '\n'.join(squares)
+
+
+def test_global_norm_is_the_root_of_the_sum_of_squares():
+  tree = {'a': jnp.array([[3.0, -4.0]]), 'b': (jnp.array([-12.0]), jnp.zeros((2, 2)))}
+  np.testing.assert_allclose(step.global_norm(tree), 13.0, rtol=1e-7)  # sqrt(9+16+144)
 
 
 def _dot_precisions(lowered) -> list[str]:
