@@ -7,6 +7,7 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 
+import contextlib  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pathlib  # pylint: disable=g-import-not-at-top,wrong-import-position
 import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -21,3 +22,29 @@ if str(REPO_ROOT) not in sys.path:
 def tfds_data_dir(tmp_path_factory) -> str:
   """One prepared-data folder shared by the session's tests (the IDX digits prepare once)."""
   return str(tmp_path_factory.mktemp('tfds'))
+
+
+@contextlib.contextmanager
+def _most_optimizations_disabled():
+  """Tiny models, a few steps: compile time dominates, so skip most of XLA's passes."""
+  import jax  # pylint: disable=g-import-not-at-top
+  previous = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  try:
+    yield
+  finally:
+    jax.config.update('jax_disable_most_optimizations', previous)
+
+
+@pytest.fixture(scope='module')
+def fast_compiles_module():
+  """For a whole test module: `pytestmark = pytest.mark.usefixtures('fast_compiles_module')`."""
+  with _most_optimizations_disabled():
+    yield
+
+
+@pytest.fixture
+def fast_compiles():
+  """For one test."""
+  with _most_optimizations_disabled():
+    yield

@@ -22,13 +22,7 @@ from ebgan_jax import checkpoint, inception, input_pipeline, sharding, step, tra
 MOCK_EXAMPLES = 8
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _fast_compiles():
-  """XLA's optimizations cost more than they save on these few tiny steps."""
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
+pytestmark = pytest.mark.usefixtures('fast_compiles_module')
 
 
 def _load(name, arg, tfds_data_dir=''):

@@ -128,15 +128,6 @@ def test_a_torn_last_line_is_skipped_and_not_glued_to_the_next_row(tmp_path):
 
 
 # -- the smoke grid end to end ---------------------------------------------------------------------
-@pytest.fixture
-def fast_compiles():
-  """Tiny models, a few steps: compile time dominates, so skip most XLA optimizations."""
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
-
-
 def _population_configs(kind, steps, steps_per_call):
   """Two members of one signature; for 'gan' the second diverges (SGD at lr 1e30)."""
   configs = []

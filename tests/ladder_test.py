@@ -15,13 +15,7 @@ SMALL_WIDTHS = (6, 5, 3)
 BN_EPS = 1e-5  # Torch's (and mlp.batch_norm's) epsilon.
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _fast_compile():
-  """Tiny models: compile time dominates, so skip XLA's optimisation passes here."""
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
+pytestmark = pytest.mark.usefixtures('fast_compiles_module')
 
 
 def _init(module, x):

@@ -42,12 +42,7 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _fast_compiles():
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
+pytestmark = pytest.mark.usefixtures('fast_compiles_module')
 
 
 def free_port() -> int:

@@ -24,12 +24,7 @@ SMALL_WIDTHS = (64, 32, 10)
 IMAGE = (28, 28, 1)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _fast_compile():
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
+pytestmark = pytest.mark.usefixtures('fast_compiles_module')
 
 
 def _small_config(variant: str, tfds_data_dir: str = '', **overrides):

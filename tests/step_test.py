@@ -19,12 +19,7 @@ LATENT = 100
 BATCH = 8
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _fast_compiles():
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
+pytestmark = pytest.mark.usefixtures('fast_compiles_module')
 
 
 def tiny_config(variant='ebgan_pt', optim='adam', lr_d=1e-3, lr_g=1e-3):

@@ -33,12 +33,7 @@ TINY = {
 TIMEOUT = 300  # seconds, for any one subprocess
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _fast_compiles():
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
+pytestmark = pytest.mark.usefixtures('fast_compiles_module')
 
 
 def overrides(tfds_data_dir, **extra):
