@@ -246,23 +246,25 @@ def _track(tracked: dict[str, Any], metrics: dict[str, jax.Array], step: jax.Arr
   return {'finite': tracked['finite'] & ok, 'nan_step': nan_step, 'sums': sums}
 
 
-def _scanned_steps(step_fn: Callable, tail_start: int) -> Callable:
+def _scanned_steps(pop: population.Population, tail_start: int) -> Callable:
   """(state, tracked, images [K, ...], start) -> (state, tracked): K steps in one program.
 
   One call replaces K Python iterations of (host batch, step, tracking): on a GPU a step of
   a small population takes ~0.5 ms, less than the host work around it. Step `start + i`
-  trains on `images[i]`; the tracker is the scan's carry, so nothing returns per step.
+  trains on `images[i]`; the tracker is the scan's carry, so nothing returns per step. The
+  scan carries the population's own carry form (`Population.to_carry`): per-member states
+  under the CPU's 'unroll' strategy, split from the stacked state once per call.
   """
   def run(state, tracked, images, start):
     def body(carry, xs):
-      state, tracked = carry
+      members, tracked = carry
       batch, step = xs
-      state, metrics = step_fn(state, batch)
-      return (state, _track(tracked, metrics, step, tail_start)), None
+      members, metrics = pop.carry_step(members, batch)
+      return (members, _track(tracked, metrics, step, tail_start)), None
 
     steps = start + jnp.arange(images.shape[0], dtype=jnp.int32)
-    (state, tracked), _ = jax.lax.scan(body, (state, tracked), (images, steps))
-    return state, tracked
+    (members, tracked), _ = jax.lax.scan(body, (pop.to_carry(state), tracked), (images, steps))
+    return pop.from_carry(members), tracked
   return run
 
 
@@ -312,7 +314,9 @@ def compile_population(configs: Sequence[ml_collections.ConfigDict],
   if num_steps <= 0:
     raise ValueError('A grid run needs a fixed budget: set config.total_steps > 0.')
   mesh = mesh or sharding.make_mesh()
-  pop = population.create_population(configs, num_steps, mesh, abstract=True)
+  pop = population.create_population(configs, num_steps, mesh, abstract=True,
+                                     strategy=configs[0].get('grid', {}).get(
+                                         'population_strategy', 'auto'))
   init = pop.init_fn.lower(*pop.init_args).compile()
   k = min(steps_per_call(configs[0]), num_steps)
   batch = (configs[0].batch_size, *pop.trainer.image_shape)
@@ -320,7 +324,7 @@ def compile_population(configs: Sequence[ml_collections.ConfigDict],
   names = tuple(sorted(metrics))
   tracker = jax.eval_shape(lambda: _new_tracker(pop.size, names))
   repl = sharding.replicated(mesh)
-  run_fn = jax.jit(_scanned_steps(pop.step_fn, max(num_steps - FINAL_WINDOW, 0)),
+  run_fn = jax.jit(_scanned_steps(pop, max(num_steps - FINAL_WINDOW, 0)),
                    in_shardings=(repl, repl, sharding.stacked_batch_sharding(mesh), repl),
                    out_shardings=(repl, repl), donate_argnums=(0, 1))
 

@@ -1,11 +1,23 @@
-"""Population training: many runs of one architecture in one jitted, vmapped program.
+"""Population training: many runs of one architecture in one jitted program.
 
 Runs whose parameter shapes match (same models and optimizer kinds) but whose seed, learning
-rates, margin or lambda_PT differ are stacked along a leading member axis and trained by
-`jax.vmap(train_step)`: each member keeps its own params, optimizer state, RNG stream and
-hyper-parameters, and all members share the input batches. One small fully-connected run
-cannot fill an accelerator; a population of them can. Each member's arithmetic is the one it
-would do alone (tests check a member against its single run).
+rates, margin or lambda_PT differ are stacked along a leading member axis and trained by one
+program: each member keeps its own params, optimizer state, RNG stream and hyper-parameters,
+and all members share the input batches. One small fully-connected run cannot fill an
+accelerator; a population of them can. Each member's arithmetic is the one it would do alone
+(tests check a member against its single run).
+
+How the program advances the members is the `strategy`, chosen per backend like the
+convolution lowerings of `ebgan_jax.models.conv_transpose` (BENCHMARKS.md has the numbers):
+- 'vmap': `jax.vmap(train_step)`, batched matmuls over the member axis. What fills a GPU or TPU.
+- 'unroll': each member's own `train_step`, written out one after another in the program over
+  a tuple of per-member states. XLA:CPU's batched matmuls are slow (a vmapped population of one
+  runs at about half the plain step's speed on the 2-core CPU), while the members' plain
+  products are fast and independent, so its runtime can overlap them: 16 members at batch 64
+  train faster per image than 16 single runs there. The stacked state is split into the
+  per-member tuple once per scanned call (`to_carry` / `from_carry`), not every step.
+- 'map': `lax.map` over the members, one after the other; kept for comparison.
+- 'auto': 'unroll' on CPU, 'vmap' elsewhere.
 """
 
 from __future__ import annotations
@@ -19,6 +31,9 @@ import ml_collections
 import optax
 
 from ebgan_jax import sharding, step
+
+# How a population program advances its members (module docstring).
+STRATEGIES = ('auto', 'vmap', 'unroll', 'map')
 
 # Config fields a population may vary across its members (all others must agree).
 MEMBER_FIELDS = ('seed', 'optim.lr_d', 'optim.lr_g', 'loss.margin', 'loss.pt_weight')
@@ -64,13 +79,28 @@ class Population:
   sample_keys: jax.Array     # [P]
   state: step.TrainState     # Every leaf has a leading [P] axis (shapes only if abstract).
   train_step: Callable       # jitted (state, batch) -> (state, metrics [P]); donates state.
-  step_fn: Callable          # The same, not jitted: for callers that scan or fuse steps.
+  step_fn: Callable          # The same, not jitted.
+  # For callers that scan many steps in one program (ebgan_jax.grid): the form of the state a
+  # scan should carry, and one step on it. The stacked state itself under 'vmap' and 'map';
+  # a tuple of per-member states under 'unroll', so that no step slices or restacks.
+  to_carry: Callable         # state -> carry.
+  from_carry: Callable       # carry -> state.
+  carry_step: Callable       # (carry, batch) -> (carry, metrics [P]).
   init_fn: Callable          # jitted (*init_args) -> the initial stacked state.
   init_args: tuple           # Member keys and hyper-parameters, [P] each.
 
   @property
   def size(self) -> int:
     return len(self.configs)
+
+
+def resolve_strategy(strategy: str) -> str:
+  """'auto' -> the strategy for this process's backend; the others are checked and returned."""
+  if strategy not in STRATEGIES:
+    raise ValueError(f'Unknown population strategy {strategy!r}: one of {STRATEGIES}.')
+  if strategy == 'auto':
+    return 'unroll' if jax.default_backend() == 'cpu' else 'vmap'
+  return strategy
 
 
 def _member_keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -81,21 +111,20 @@ def _member_keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Arra
 
 def create_population(configs: Sequence[ml_collections.ConfigDict], total_steps: int,
                       mesh: jax.sharding.Mesh | None = None,
-                      strategy: str = 'vmap', abstract: bool = False) -> Population:
+                      strategy: str = 'auto', abstract: bool = False) -> Population:
   """Stacks the initial states of `configs` (all of one signature) into one population.
 
   Args:
     configs: the members' configs, equal but for `MEMBER_FIELDS`.
     total_steps: the schedule length (learning-rate decay).
     mesh: the device mesh (default: all devices).
-    strategy: how one program advances every member: 'vmap' (batched matmuls: fills an
-      accelerator) or 'map' (`lax.map`: members one after the other inside one program; on
-      the 2-core CPU of BENCHMARKS.md it measured no faster than 'vmap').
+    strategy: how one program advances every member, one of `STRATEGIES` (module docstring).
     abstract: build the functions but leave the state as shapes (`jax.ShapeDtypeStruct`s),
       allocating nothing: to compile a population ahead of training it (`ebgan_jax.grid`),
       then `init_fn(*init_args)` gives the state.
   """
   configs = list(configs)
+  strategy = resolve_strategy(strategy)
   signatures = {shared_signature(c) for c in configs}
   if len(signatures) != 1:
     raise ValueError('A population needs configs that differ only in '
@@ -127,22 +156,41 @@ def create_population(configs: Sequence[ml_collections.ConfigDict], total_steps:
   def member_step(state, images, key):
     return trainer.train_step(state, images, key)
 
+  size = len(configs)
+
+  def stacked(carry):
+    return carry
+
+  to_carry = from_carry = stacked
   if strategy == 'vmap':
     vstep = jax.vmap(member_step, in_axes=(0, None, 0))
 
-    def population_step(state, images):
+    def carry_step(state, images):
       return vstep(state, images, train_keys)
   elif strategy == 'map':
-    def population_step(state, images):
+    def carry_step(state, images):
       return jax.lax.map(lambda member: member_step(member[0], images, member[1]),
                          (state, train_keys))
-  else:
-    raise ValueError(f"Unknown population strategy {strategy!r}: 'vmap' or 'map'.")
+  else:  # 'unroll'
+    def to_carry(state):
+      return tuple(jax.tree.map(lambda leaf, i=i: leaf[i], state) for i in range(size))
+
+    def from_carry(members):
+      return jax.tree.map(lambda *leaves: jnp.stack(leaves), *members)
+
+    def carry_step(members, images):
+      outs = [member_step(member, images, train_keys[i]) for i, member in enumerate(members)]
+      return (tuple(state for state, _ in outs),
+              jax.tree.map(lambda *m: jnp.stack(m), *(metrics for _, metrics in outs)))
+
+  def population_step(state, images):
+    carry, metrics = carry_step(to_carry(state), images)
+    return from_carry(carry), metrics
 
   jitted = jax.jit(population_step, in_shardings=(repl, batch), out_shardings=(repl, repl),
                    donate_argnums=0)
   return Population(trainer, configs, train_keys, sample_keys, state, jitted, population_step,
-                    init_fn, init_args)
+                    to_carry, from_carry, carry_step, init_fn, init_args)
 
 
 def member_state(population: Population, index: int) -> step.TrainState:

@@ -66,8 +66,11 @@ flags.DEFINE_list('population_sizes', [], 'Also time populations of these sizes 
 flags.DEFINE_float('chip_peak_tflops', 0.0, "The chip's nominal peak TFLOP/s for the compute "
                    'dtype (e.g. 989 for H100/H200 dense bf16); adds an MFU column (model '
                    'FLOPs, i.e. those of the plain convolutions, per second / peak).')
-flags.DEFINE_enum('population_strategy', 'vmap', ['vmap', 'map'],
-                  'How a population program advances its members (ebgan_jax.population).')
+flags.DEFINE_enum('population_strategy', 'auto', list(population.STRATEGIES),
+                  "How a population program advances its members ('auto': 'unroll' on CPU, "
+                  "'vmap' elsewhere; ebgan_jax.population).")
+flags.DEFINE_integer('population_steps_per_call', 10, 'Steps per jitted call of a population '
+                     "(one lax.scan, as the grid runs them; the grid's default is 100).")
 flags.DEFINE_string('json', '', 'Write the results to this JSON file.')
 
 
@@ -202,39 +205,47 @@ def time_step(row: dict, seconds: float, min_steps: int) -> None:
                model_gflops_per_s=row['model_flops_per_step'] * steps / elapsed / 1e9)
 
 
-def bench_population(size: int, batch_size: int, seconds: float,
-                     variant: str = 'ebgan_pt') -> dict:
-  """Times one vmapped step of `size` members sharing each batch (ebgan_jax.population)."""
+def bench_population(size: int, batch_size: int, seconds: float, strategy: str,
+                     steps_per_call: int, variant: str = 'ebgan_pt') -> dict:
+  """Times `size` members sharing each batch (ebgan_jax.population), as the grid runs them.
+
+  One call scans `steps_per_call` steps over the population's carry (`Population.to_carry`,
+  per-member states under 'unroll'), keeping every step's metrics, as `ebgan_jax.grid` does.
+  A population of one under 'unroll' is a single run's own step: the sequential baseline.
+  """
   configs = []
   for seed in range(size):
     config = mnist_fc.get_config(variant)
     config.batch_size, config.seed = batch_size, seed
     config.matmul_precision = FLAGS.matmul_precision
     configs.append(config)
-  pop = population.create_population(configs, total_steps=10**6,
-                                     strategy=FLAGS.population_strategy)
-  images = jax.device_put(
-      np.random.default_rng(0).uniform(-1, 1, (batch_size, 32, 32, 1)).astype(np.float32),
-      sharding.batch_sharding(sharding.make_mesh()))
+  pop = population.create_population(configs, total_steps=10**6, strategy=strategy)
+  images = np.random.default_rng(0).uniform(-1, 1, (batch_size, 32, 32, 1)).astype(np.float32)
+  images = jax.device_put(np.broadcast_to(images, (steps_per_call, *images.shape)).copy())
+
+  def run(state, images):
+    carry, metrics = jax.lax.scan(pop.carry_step, pop.to_carry(state), images)
+    return pop.from_carry(carry), metrics
+
   state = pop.state
   t = time.perf_counter()
-  compiled = pop.train_step.lower(state, images).compile()
+  compiled = jax.jit(run, donate_argnums=0).lower(state, images).compile()
   compile_s = time.perf_counter() - t
-  flops = size * step_flops(pop.trainer, images.shape)  # Each member does one step.
-  for _ in range(3):
-    state, metrics = compiled(state, images)
+  flops = size * step_flops(pop.trainer, images.shape[1:])  # Each member does one step.
+  state, metrics = compiled(state, images)
   jax.block_until_ready(metrics)
-  steps, t = 0, time.perf_counter()
+  calls, t = 0, time.perf_counter()
   while True:
     state, metrics = compiled(state, images)
-    steps += 1
-    if steps % 5 == 0:
-      jax.block_until_ready(metrics)
-      elapsed = time.perf_counter() - t
-      if elapsed >= seconds:
-        break
-  return {'population': size, 'strategy': FLAGS.population_strategy, 'config': variant,
-          'batch_size': batch_size, 'matmul_precision': FLAGS.matmul_precision,
+    calls += 1
+    jax.block_until_ready(metrics)
+    elapsed = time.perf_counter() - t
+    if elapsed >= seconds:
+      break
+  steps = calls * steps_per_call
+  return {'population': size, 'strategy': population.resolve_strategy(strategy),
+          'config': variant, 'batch_size': batch_size, 'steps_per_call': steps_per_call,
+          'matmul_precision': FLAGS.matmul_precision,
           'compile_s': compile_s, 'flops_per_step': flops,
           'steps_per_s': steps / elapsed,
           'member_images_per_s': steps * batch_size * size / elapsed,
@@ -303,16 +314,26 @@ def main(argv):
           f"{r['percent_of_peak']:.0f}% |{mfu}", flush=True)
   pop_rows = []
   if FLAGS.population_sizes:
-    print('\n| population | batch | member-images/s | steps/s | speed-up vs 1 run | '
+    k = FLAGS.population_steps_per_call
+    # The sequential baseline: one run's own step, scanned as the grid runs a single run.
+    single = bench_population(1, 64, FLAGS.seconds, 'unroll', k)
+    single['baseline'] = True
+    pop_rows.append(single)
+    rate = single['member_images_per_s']
+    print(f'\nPopulations ({FLAGS.population_strategy}, {k} steps per call); one run alone, '
+          f'scanned the same way: {rate:.0f} img/s ({100 * single["gflops_per_s"] / peak:.0f}% '
+          'of the matmul peak)')
+    print('\n| population | strategy | batch | member-images/s | steps/s | vs one run alone | '
           'compile s | % of matmul peak |')
-    print('|---:|---:|---:|---:|---:|---:|---:|')
+    print('|---:|---|---:|---:|---:|---:|---:|---:|')
   for size in map(int, FLAGS.population_sizes):
-    r = bench_population(size, 64, FLAGS.seconds)
+    r = bench_population(size, 64, FLAGS.seconds, FLAGS.population_strategy,
+                         FLAGS.population_steps_per_call)
     r['percent_of_peak'] = 100 * r['gflops_per_s'] / peak
+    r['vs_single_run'] = r['member_images_per_s'] / rate
     pop_rows.append(r)
-    base = pop_rows[0]['member_images_per_s'] / pop_rows[0]['population']
-    print(f"| {size} | 64 | {r['member_images_per_s']:.0f} | {r['steps_per_s']:.1f} | "
-          f"{r['member_images_per_s'] / base:.1f}x | {r['compile_s']:.1f} | "
+    print(f"| {size} | {r['strategy']} | 64 | {r['member_images_per_s']:.0f} | "
+          f"{r['steps_per_s']:.1f} | {r['vs_single_run']:.2f}x | {r['compile_s']:.1f} | "
           f"{r['percent_of_peak']:.0f}% |", flush=True)
   memory = peak_memory_mib()
   print(f'\nPeak memory: {memory:.0f} MiB')
