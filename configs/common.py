@@ -83,6 +83,14 @@ def base_config() -> ml_collections.ConfigDict:
   # 'bfloat16', 'float32'/'highest'. A speed option that changes the numerics (the paper
   # trained in fp32); see ebgan_jax.step.matmul_precision.
   config.matmul_precision = 'default'
+  # Train steps per jitted call (one lax.scan over that many batches; calls stop at every log,
+  # checkpoint and sample step). Speed only: the same steps and results. A small step is bound
+  # by the host work around it (dispatch, the next batch), a large one is not.
+  config.steps_per_call = 1
+  # Also log the global norms of D's and G's gradients (train/d_grad_norm, g_grad_norm). A
+  # diagnostic beyond the paper, off by default: one more pass over every gradient costs
+  # 6-15% of a fully-connected step on a CPU (BENCHMARKS.md).
+  config.grad_norm_metrics = False
 
   config.log_every_steps = 100
   config.checkpoint_every_steps = 1000

@@ -252,8 +252,7 @@ class Trainer:
 
     (d_loss, (d_batch_stats, d_aux)), d_grads = jax.value_and_grad(
         d_objective, has_aux=True)(state.d.params)
-    d_grad_norm = global_norm(d_grads)
-    d_params, d_opt_state = _apply_optimizer(self.d_tx, state.d, d_grads, d_grad_norm)
+    d_params, d_opt_state = _apply_optimizer(self.d_tx, state.d, d_grads)
 
     # Generator update, against the updated D (its running statistics are not touched here).
     def g_objective(x):
@@ -266,8 +265,7 @@ class Trainer:
 
     (g_loss, g_aux), dx = jax.value_and_grad(g_objective, has_aux=True)(x_fake)
     (g_grads,) = g_vjp(dx)
-    g_grad_norm = global_norm(g_grads)
-    g_params, g_opt_state = _apply_optimizer(self.g_tx, state.g, g_grads, g_grad_norm)
+    g_params, g_opt_state = _apply_optimizer(self.g_tx, state.g, g_grads)
     g_ema = state.g_ema
     if self.ema_decay:  # g_ema <- d * g_ema + (1 - d) * g_params (the updated params).
       g_ema = jax.tree.map(lambda e, p: self.ema_decay * e + (1.0 - self.ema_decay) * p,
@@ -279,8 +277,9 @@ class Trainer:
         d=Player(d_params, d_batch_stats, d_opt_state),
         hparams=state.hparams,
         g_ema=g_ema)
-    metrics = {'d_loss': d_loss, 'g_loss': g_loss, **d_aux, **g_aux,
-               'd_grad_norm': d_grad_norm, 'g_grad_norm': g_grad_norm}
+    metrics = {'d_loss': d_loss, 'g_loss': g_loss, **d_aux, **g_aux}
+    if self.config.get('grad_norm_metrics', False):
+      metrics |= {'d_grad_norm': global_norm(d_grads), 'g_grad_norm': global_norm(g_grads)}
     if self.is_ebgan:
       metrics['margin'] = margin
     return new_state, metrics
@@ -297,19 +296,21 @@ def global_norm(tree: Any) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.abs(x) * jnp.abs(x)) for x in jax.tree.leaves(tree)))
 
 
-def _apply_optimizer(tx: optax.GradientTransformation, player: Player, grads: Any,
-                     grad_norm: jax.Array) -> tuple[Any, Any]:
+def _apply_optimizer(tx: optax.GradientTransformation, player: Player, grads: Any
+                     ) -> tuple[Any, Any]:
   """One optax update of `player`'s params: (new params, new optimizer state).
 
-  `grad_norm` (the metric, computed from every gradient) is added to the params times 0,
-  which changes no value but orders the update after the whole backward pass. The backward
-  pass reads the old weights to propagate gradients; without that order XLA:CPU cannot prove
-  those reads come before the update overwrites the donated weights in place, and copies each
-  such weight matrix first: an extra pass over memory per weight in a step that is partly
-  memory-bound on CPU (BENCHMARKS.md). A non-finite norm makes the params non-finite, as
-  the update of non-finite gradients would anyway (and the training loop stops on it).
+  The params get `0 * g[0]` of every gradient g added: no value changes, but the update is
+  ordered after the whole backward pass. The backward pass reads the old weights to
+  propagate gradients; without that order XLA:CPU cannot prove those reads come before the
+  update overwrites the donated weights in place, and copies each such weight matrix first:
+  an extra pass over memory per weight in a step that is partly memory-bound on CPU
+  (BENCHMARKS.md). One element per gradient makes the dependency without another pass over
+  it (`lax.optimization_barrier` over params and gradients left two weights copied). A
+  non-finite gradient makes the params non-finite, as its update would anyway (and the
+  training loop stops on it).
   """
-  zero = 0.0 * grad_norm
+  zero = 0.0 * sum(g.ravel()[0] for g in jax.tree.leaves(grads))
   params = jax.tree.map(lambda p: p + zero.astype(p.dtype), player.params)
   updates, opt_state = tx.update(grads, player.opt_state, params)
   return optax.apply_updates(params, updates), opt_state
@@ -329,3 +330,24 @@ def jit_train_step(trainer: Trainer, mesh: jax.sharding.Mesh
 
   return jax.jit(step, in_shardings=(repl, batch, repl), out_shardings=(repl, repl),
                  donate_argnums=0)
+
+
+def jit_train_steps(trainer: Trainer, mesh: jax.sharding.Mesh
+                    ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, Metrics]]:
+  """K train steps per call: `trainer.train_step` scanned over batches stacked [K, B, ...].
+
+  The same steps as K calls of `jit_train_step` (step i trains on `images[i]`; each step's
+  randomness is still `fold_in(key, step)`), with the metrics stacked [K]. A small step is
+  bound by the host work around it (dispatch, the next batch): on a GPU the fully-connected
+  step takes ~0.6 ms; score_sde's `n_jitted_steps` is the same device. Input state donated.
+  """
+  batch = sharding.batch_sharding(mesh)
+  repl = sharding.replicated(mesh)
+
+  def steps(state, images, key):
+    def one(state, step_images):
+      return trainer.train_step(state, step_images, key, batch_sharding=batch)
+    return jax.lax.scan(one, state, images)
+
+  return jax.jit(steps, in_shardings=(repl, sharding.stacked_batch_sharding(mesh), repl),
+                 out_shardings=(repl, repl), donate_argnums=0)

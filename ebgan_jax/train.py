@@ -4,7 +4,8 @@ A long run must not lose work:
 - checkpoints every `checkpoint_every_steps` and at the end; a restart resumes from the newest
   checkpoint that restores, with the same data order and RNG stream (both are functions of the
   seed and the step);
-- SIGTERM / SIGINT (a preempted VM) finish the current step, save, and return;
+- SIGTERM / SIGINT (a preempted VM) finish the current call (`steps_per_call` steps), save,
+  and return;
 - a non-finite loss stops the run naming the step; no state after it is ever saved;
 - a workdir holding a run with another config is refused (`workdir.record_config`).
 """
@@ -56,16 +57,16 @@ class StopSignal:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
 
-  def should_stop(self, step_number: int, every: int = 10) -> bool:
-    """Whether to save and stop after `step_number`; all processes get the same answer.
+  def should_stop(self, call_number: int, every: int = 10) -> bool:
+    """Whether to save and stop after call `call_number`; all processes get the same answer.
 
-    One process checks its own flag at every step; several processes agree through an
-    all-gather every `every` steps (a checkpoint save is collective, so they must stop
-    together).
+    One process checks its own flag after every call of the train step; several processes
+    agree through an all-gather every `every` calls (a checkpoint save is collective, so they
+    must stop together).
     """
     if jax.process_count() == 1:
       return self.received is not None
-    if step_number % every:
+    if call_number % every:
       return False
     flags = multihost_utils.process_allgather(np.array(self.received is not None))
     return bool(np.any(flags))
@@ -90,22 +91,44 @@ def total_steps(config: ml_collections.ConfigDict) -> int:
   return config.num_epochs * input_pipeline.steps_per_epoch(config)
 
 
+def call_length(start: int, num_steps: int, steps_per_call: int,
+                cadences: tuple[int, ...]) -> int:
+  """Steps of the next call from step `start`: at most `steps_per_call`, ending at the next
+  multiple of any cadence (logging, checkpoints, samples) or at the end of the run, so that
+  those happen after exactly the steps they name whatever `steps_per_call` is."""
+  length = min(steps_per_call, num_steps - start)
+  for every in cadences:
+    length = min(length, (start // every + 1) * every - start)
+  return length
+
+
 class MetricsBuffer:
   """Keeps each step's metrics on device until a log point, then checks and averages them."""
 
   def __init__(self):
-    self._pending: list[tuple[int, Any]] = []
+    self._pending: list[tuple[int, int, Any]] = []
 
-  def add(self, step_number: int, metrics: Any) -> None:
-    self._pending.append((step_number, metrics))
+  def add(self, step_number: int, metrics: Any, num_steps: int = 0) -> None:
+    """Metrics of step `step_number`; or, with `num_steps`, of that many steps ending there,
+    stacked [num_steps] (one call of `step.jit_train_steps`)."""
+    self._pending.append((step_number, num_steps, metrics))
 
   def flush(self) -> dict[str, float] | None:
     """Mean of the pending metrics; raises NonFiniteLossError naming the first bad step."""
     if not self._pending:
       return None
-    steps, values = zip(*self._pending)
-    values = jax.device_get(values)
+    ends, lengths, stacks = zip(*self._pending)
+    stacks = jax.device_get(stacks)
     self._pending = []
+    steps, values = [], []
+    for end, length, metrics in zip(ends, lengths, stacks):
+      if not length:
+        steps.append(end)
+        values.append(metrics)
+        continue
+      for i in range(length):
+        steps.append(end - length + 1 + i)
+        values.append({k: v[i] for k, v in metrics.items()})
     for step_number, metrics in zip(steps, values):
       bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
       if bad:
@@ -147,7 +170,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step.
   state, start, ckpt, train_key, sample_key = init_or_restore(
       trainer.create_state, config, workdir, mesh)
 
+  steps_per_call = config.get('steps_per_call', 1)
+  if steps_per_call < 1:
+    raise ValueError(f'config.steps_per_call must be >= 1, got {steps_per_call}.')
   train_step = step.jit_train_step(trainer, mesh)
+  train_steps = step.jit_train_steps(trainer, mesh) if steps_per_call > 1 else None
+  cadences = (config.log_every_steps, config.checkpoint_every_steps, config.sample_every_steps)
   batches = input_pipeline.train_batches(config, start_step=start)
   sample_z = trainer.sample_latents(sample_key, config.num_sample_images)
   generate = jax.jit(trainer.generate)
@@ -169,19 +197,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step.
     ckpt.save(step_number, state)
 
   logging.info('Training %d steps (from step %d), global batch %d on %d device(s), '
-               '%d process(es).', num_steps, start, config.batch_size, jax.device_count(),
-               jax.process_count())
+               '%d process(es), up to %d steps per call.', num_steps, start, config.batch_size,
+               jax.device_count(), jax.process_count(), steps_per_call)
   t_start, s_start = time.time(), start
+  done, calls = start, 0
   try:
     with StopSignal() as stop:
-      for s in range(start, num_steps):
-        images = sharding.global_batch(next(batches), mesh)
-        state, metrics = train_step(state, images, train_key)
-        done = s + 1
-        buffer.add(done, metrics)
+      while done < num_steps:
+        # A full call of `steps_per_call` steps, or single steps up to the next log,
+        # checkpoint or sample step (two programs, whatever the cadences).
+        k = call_length(done, num_steps, steps_per_call, cadences)
+        if k < steps_per_call:
+          k = 1
+        if k == 1:
+          images = sharding.global_batch(next(batches), mesh)
+          state, metrics = train_step(state, images, train_key)
+          buffer.add(done + 1, metrics)
+        else:
+          images = sharding.global_batches(np.stack([next(batches) for _ in range(k)]), mesh)
+          state, metrics = train_steps(state, images, train_key)
+          buffer.add(done + k, metrics, num_steps=k)
+        done += k
+        calls += 1
         if done % config.log_every_steps == 0 or done == num_steps:
           log_progress(buffer, writer, done, num_steps, t_start, s_start)
-        if stop.should_stop(done):
+        if stop.should_stop(calls):
           save(done)
           logging.warning('Stopped by %s at step %d; checkpoint saved. Run the same command '
                           'to resume.', stop.received or 'a signal to another process', done)

@@ -14,11 +14,12 @@ from typing import Any
 import ml_collections
 
 CONFIG_FILE = 'config.json'
-# Fields that may change when a run is resumed: they set how long and how verbosely it runs,
-# or where prepared data is cached, not what is trained.
+# Fields that may change when a run is resumed: they set how long, how fast and how verbosely
+# it runs, or where prepared data is cached, not what is trained.
 RESUMABLE_FIELDS = frozenset({
     'num_epochs', 'total_steps', 'log_every_steps', 'checkpoint_every_steps',
     'sample_every_steps', 'keep_checkpoints', 'num_sample_images', 'tfds_data_dir',
+    'steps_per_call', 'grad_norm_metrics',
 })
 
 # Fields added after runs were recorded, with the value that older runs (which lack the field)

@@ -1,7 +1,7 @@
 """Training-step throughput, compile time, XLA FLOPs and memory, beside the matmul peak.
 
   python -m experiments.benchmark [--configs=gan,ebgan,ebgan_pt] [--batch_sizes=64,256]
-      [--population_sizes=1,16] [--matmul_precision=tensorfloat32]
+      [--steps_per_call=1,10] [--population_sizes=1,16] [--matmul_precision=tensorfloat32]
   python -m experiments.benchmark --configs=celeba:ebgan_pt,lsun_bedroom:ebgan_pt \
       --batch_sizes=64 --lowerings=lax,auto --seconds=10 --min_steps=2 --rounds=2
 
@@ -9,7 +9,9 @@ For each config (the Figure 4 ones of App. C by default), batch size and, for th
 convolutional configs, "4c2s" lowering: images/s of the jitted train step (one D and one G
 update), its compile time, its FLOPs per iteration from XLA's cost analysis of the lowered
 step, the achieved FLOP/s as a percentage of the machine's fp32 matmul rate measured in the
-same run, and the peak memory. Synthetic batches: this measures the step, not tf.data.
+same run, and the peak memory. Synthetic batches: this measures the step, not tf.data. The
+steps run as the training loop runs them: `config.steps_per_call` steps per jitted call
+(`--steps_per_call=1,10` times both ways).
 Prints a Markdown table for BENCHMARKS.md and, with --json, writes the numbers.
 
 `--lowerings` entries set `config.model.transpose_impl` and `conv_impl`
@@ -24,6 +26,7 @@ stops once `--seconds` have passed, so a slow variant costs a few steps, not min
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 import os
 import platform
@@ -71,6 +74,9 @@ flags.DEFINE_enum('population_strategy', 'auto', list(population.STRATEGIES),
                   "'vmap' elsewhere; ebgan_jax.population).")
 flags.DEFINE_integer('population_steps_per_call', 10, 'Steps per jitted call of a population '
                      "(one lax.scan, as the grid runs them; the grid's default is 100).")
+flags.DEFINE_list('steps_per_call', [], 'Train steps per jitted call (one lax.scan, as the '
+                  "training loop runs them), e.g. 1,10 to time both; empty: each config's "
+                  '`steps_per_call`.')
 flags.DEFINE_string('json', '', 'Write the results to this JSON file.')
 
 
@@ -145,7 +151,8 @@ def synthetic_step_inputs(config: ml_collections.ConfigDict):
   return mesh, trainer, state, images, jax.random.key(1)
 
 
-def prepare_step(variant: str, batch_size: int, lowering: str = '') -> dict:
+def prepare_step(variant: str, batch_size: int, lowering: str = '', steps_per_call: int = 0
+                 ) -> dict:
   """Compiles the train step of one config at one global batch size and warms it up.
 
   Returns the result row so far (compile time, FLOPs) with the compiled step and its
@@ -159,8 +166,16 @@ def prepare_step(variant: str, batch_size: int, lowering: str = '') -> dict:
   if lowering:
     set_lowering(config, lowering)
   mesh, trainer, state, images, key = synthetic_step_inputs(config)
+  k = steps_per_call or config.get('steps_per_call', 1)
   t = time.perf_counter()
-  compiled = step.jit_train_step(trainer, mesh).lower(state, images, key).compile()
+  if k == 1:
+    compiled = step.jit_train_step(trainer, mesh).lower(state, images, key).compile()
+    args = (images, key)
+  else:  # As ebgan_jax.train runs them: k steps per call (k batches, here all the same one).
+    stacked = jax.device_put(jnp.broadcast_to(images, (k, *images.shape)),
+                             sharding.stacked_batch_sharding(mesh))
+    compiled = step.jit_train_steps(trainer, mesh).lower(state, stacked, key).compile()
+    args = (stacked, key)
   compile_s = time.perf_counter() - t
   flops = step_flops(trainer, images.shape)
   # Model FLOPs for the MFU: those of the plain convolutions. The fast 4c2s lowerings
@@ -169,28 +184,30 @@ def prepare_step(variant: str, batch_size: int, lowering: str = '') -> dict:
   plain.model.transpose_impl = plain.model.conv_impl = 'lax'
   model_flops = step_flops(step.Trainer(plain, total_steps=10**6), images.shape)
   t = time.perf_counter()
-  for _ in range(FLAGS.warmup_steps):
-    state, metrics = compiled(state, images, key)
+  for _ in range(max(FLAGS.warmup_steps // k, 1)):
+    state, metrics = compiled(state, *args)
   jax.block_until_ready(metrics)
-  warmup_step_s = (time.perf_counter() - t) / max(FLAGS.warmup_steps, 1)
+  warmup_step_s = (time.perf_counter() - t) / max(FLAGS.warmup_steps // k, 1) / k
   label = f'{variant} [{lowering}]' if lowering else variant
   return {'config': variant, 'lowering': lowering, 'label': label, 'batch_size': batch_size,
+          'steps_per_call': k,
           'matmul_precision': FLAGS.matmul_precision, 'compile_s': compile_s,
           'flops_per_step': flops, 'model_flops_per_step': model_flops,
           'images_per_s': 0.0,
           # Steps of ~10 ms or less are synchronised every 5 steps, slower ones every step.
           '_sync_every': 5 if warmup_step_s < 0.01 else 1,
-          '_fn': compiled, '_state': state, '_args': (images, key)}
+          '_fn': compiled, '_state': state, '_args': args}
 
 
 def time_step(row: dict, seconds: float, min_steps: int) -> None:
   """Times one round of `row`'s step; keeps the round's rates if they beat the best so far."""
-  compiled, state, (images, key) = row['_fn'], row['_state'], row['_args']
-  steps, t = 0, time.perf_counter()
+  compiled, state, args = row['_fn'], row['_state'], row['_args']
+  steps, calls, t = 0, 0, time.perf_counter()
   while True:
-    state, metrics = compiled(state, images, key)
-    steps += 1
-    if steps % row['_sync_every'] == 0:
+    state, metrics = compiled(state, *args)
+    steps += row['steps_per_call']
+    calls += 1
+    if row['steps_per_call'] > 1 or calls % row['_sync_every'] == 0:
       jax.block_until_ready(metrics)
       elapsed = time.perf_counter() - t
       if elapsed >= seconds and steps >= min_steps:
@@ -287,19 +304,21 @@ def main(argv):
   for variant in FLAGS.configs:
     for batch_size in map(int, FLAGS.batch_sizes):
       conv = load_config(variant).model.family != 'mlp'  # Lowerings of the 4c2s layers.
-      for lowering in (FLAGS.lowerings if conv else []) or ['']:
-        rows.append(prepare_step(variant, batch_size, lowering))
+      for lowering, k in itertools.product((FLAGS.lowerings if conv else []) or [''],
+                                           map(int, FLAGS.steps_per_call or ['0'])):
+        rows.append(prepare_step(variant, batch_size, lowering, k))
         print(f"compiled {rows[-1]['label']} batch {batch_size} in "
               f"{rows[-1]['compile_s']:.1f} s", flush=True)
   for i in range(FLAGS.rounds):
     for r in rows:
       time_step(r, FLAGS.seconds, FLAGS.min_steps)
     print(f'round {i + 1}: ' + ', '.join(
-        f"{r['label']} b{r['batch_size']} {r['rounds_images_per_s'][-1]:.1f}" for r in rows)
+        f"{r['label']} b{r['batch_size']} k{r['steps_per_call']} "
+        f"{r['rounds_images_per_s'][-1]:.1f}" for r in rows)
         + f' img/s; load average {os.getloadavg()[0]:.2f}', flush=True)
-  print('\n| config | batch | images/s | s/step | compile s | GFLOP/step | GFLOP/s |'
-        ' % of matmul peak |' + mfu_head)
-  print('|---|---:|---:|---:|---:|---:|---:|---:|' + ('---:|' if mfu_head else ''))
+  print('\n| config | batch | steps/call | images/s | s/step | compile s | GFLOP/step | '
+        'GFLOP/s | % of matmul peak |' + mfu_head)
+  print('|---|---:|---:|---:|---:|---:|---:|---:|---:|' + ('---:|' if mfu_head else ''))
   for r in rows:
     for key in [k for k in r if k.startswith('_')]:
       del r[key]
@@ -308,7 +327,8 @@ def main(argv):
     if FLAGS.chip_peak_tflops:
       r['mfu'] = r['model_gflops_per_s'] / (FLAGS.chip_peak_tflops * 1e3)
       mfu = f" {100 * r['mfu']:.0f}% |"
-    print(f"| {r['label']} | {r['batch_size']} | {r['images_per_s']:.1f} | "
+    print(f"| {r['label']} | {r['batch_size']} | {r['steps_per_call']} | "
+          f"{r['images_per_s']:.1f} | "
           f"{r['seconds_per_step']:.3f} | {r['compile_s']:.2f} | "
           f"{r['flops_per_step'] / 1e9:.3f} | {r['gflops_per_s']:.1f} | "
           f"{r['percent_of_peak']:.0f}% |{mfu}", flush=True)

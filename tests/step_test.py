@@ -64,6 +64,7 @@ def test_d_update_holds_g_fixed_and_g_update_uses_updated_d():
   lr_d, lr_g, margin, pt_weight = 0.1, 0.05, 10.0, 0.1
   config = tiny_config('ebgan_pt', optim='sgd', lr_d=lr_d, lr_g=lr_g)
   assert config.loss.margin == margin and config.loss.pt_weight == pt_weight
+  config.grad_norm_metrics = True
   trainer = step.Trainer(config)
   gen, disc = trainer.generator, trainer.discriminator
   init_key, train_key = jax.random.split(jax.random.key(3))
@@ -113,6 +114,10 @@ def test_d_update_holds_g_fixed_and_g_update_uses_updated_d():
                               to_numpy(g_vars['batch_stats']), atol=1e-6, rtol=1e-5)
   np.testing.assert_allclose(metrics['d_loss'], d_loss_value, rtol=1e-5)
   np.testing.assert_allclose(metrics['g_loss'], g_loss_value, rtol=1e-5)
+  for name, grad in (('d_grad_norm', d_grad), ('g_grad_norm', g_grad)):
+    squares = sum(float(np.sum(np.square(np.asarray(g, np.float64))))
+                  for g in jax.tree.leaves(grad))
+    np.testing.assert_allclose(metrics[name], np.sqrt(squares), rtol=1e-5, err_msg=name)
   assert int(new_state.step) == 1
 
   # --- The checks above can tell the alternatives apart. ---
@@ -276,17 +281,17 @@ def test_d_with_dropout_draws_each_batch_its_own_mask():
 def test_optimizer_update_is_optax_update_and_needs_no_weight_copies():
   """`_apply_optimizer` gives optax's update exactly; the compiled step copies no weight.
 
-  The params pass through `p + 0 * grad_norm` so that XLA orders the in-place update after
-  the backward pass; without it XLA:CPU copied every weight read by the backward pass
-  (6 matrices of this model) before overwriting it.
+  The params pass through `p + 0 * g[0]` (every gradient g) so that XLA orders the in-place
+  update after the backward pass; without it XLA:CPU copied every weight read by the
+  backward pass (6 matrices of this model) before overwriting it.
   """
   config = tiny_config('ebgan_pt')
   config.model.size_g = config.model.size_d = 48
+  config.grad_norm_metrics = True  # The squares check below needs the norms computed.
   trainer = step.Trainer(config)
   state = trainer.create_state(jax.random.key(0))
   grads = jax.tree.map(lambda p: jnp.full_like(p, 0.01) + 0.001 * p, state.d.params)
-  norm = jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads)))
-  params, opt_state = step._apply_optimizer(trainer.d_tx, state.d, grads, norm)
+  params, opt_state = step._apply_optimizer(trainer.d_tx, state.d, grads)
   updates, expected_opt_state = trainer.d_tx.update(grads, state.d.opt_state, state.d.params)
   expected = jax.tree.map(lambda p, u: p + u, state.d.params, updates)
   chex.assert_trees_all_equal(params, expected)
@@ -312,6 +317,14 @@ def test_optimizer_update_is_optax_update_and_needs_no_weight_copies():
              and re.search(r'op_name="[^"]*/(square|integer_pow|mul)"', line)
              and re.search(r' fusion\(%dot(\.\d+)?\)', line)]
   assert not squares, 'squared gradients materialised:\n' + '\n'.join(squares)
+
+
+def test_grad_norm_metrics_are_off_by_default():
+  trainer = step.Trainer(tiny_config('ebgan_pt'))
+  state = trainer.create_state(jax.random.key(0))
+  _, metrics = jax.eval_shape(trainer.train_step, state, jnp.zeros((BATCH, 32, 32, 1)),
+                              jax.random.key(1))
+  assert {'d_loss', 'g_loss', 'energy_real', 'energy_fake', 'pt', 'margin'} == set(metrics)
 
 
 def test_global_norm_is_the_root_of_the_sum_of_squares():

@@ -266,3 +266,72 @@ def test_workdir_has_sample_grids_metrics_and_tensorboard_events(reference):
     for event in tf.compat.v1.train.summary_iterator(str(path)):
       tags.update(v.tag for v in event.summary.value)
   assert keys | {'samples'} <= tags, sorted(tags)
+
+
+def test_call_length_stops_at_every_log_checkpoint_and_sample_step():
+  # From step 0 with calls of 10: logs every 4 cut the first call to 4 steps.
+  assert train.call_length(0, 100, 10, (4, 1000, 1000)) == 4
+  assert train.call_length(4, 100, 10, (4, 1000, 1000)) == 4
+  assert train.call_length(0, 100, 10, (100, 1000, 1000)) == 10
+  assert train.call_length(95, 100, 10, (100, 1000, 1000)) == 5   # The run's end.
+  assert train.call_length(17, 100, 10, (20, 25, 1000)) == 3      # Next log at 20.
+  assert train.call_length(20, 100, 10, (20, 25, 1000)) == 5      # Next checkpoint at 25.
+  assert train.call_length(3, 100, 1, (4, 4, 4)) == 1
+
+
+def test_steps_per_call_trains_the_same_steps_and_logs_the_same_points(
+    monkeypatch, tmp_path, tfds_data_dir):
+  # 12 steps, logs and checkpoints every 8: three scanned calls of 4 (the second ends at the
+  # cadence's step 8); against a run of one step per call.
+  calls = []
+  jit_train_steps = step.jit_train_steps
+
+  def counted(trainer, mesh):
+    steps = jit_train_steps(trainer, mesh)
+    def call(state, images, key):
+      calls.append(images.shape[0])
+      return steps(state, images, key)
+    return call
+
+  monkeypatch.setattr(step, 'jit_train_steps', counted)
+  runs = {}
+  for k in (1, 4):
+    workdir = tmp_path / f'k{k}'
+    config = make_config(tfds_data_dir, total_steps=12, steps_per_call=k, log_every_steps=8,
+                         checkpoint_every_steps=8, sample_every_steps=8)
+    train.train_and_evaluate(config, str(workdir))
+    records = [json.loads(line) for line in
+               (workdir / 'logs' / 'metrics.jsonl').read_text().splitlines()]
+    runs[k] = workdir, records
+  assert calls == [4, 4, 4]
+  assert [r['step'] for r in runs[4][1]] == [r['step'] for r in runs[1][1]] == [8, 12]
+  for scanned, single in zip(runs[4][1], runs[1][1]):
+    # The logged means are the same 8 or 4 steps' metrics (round-off apart).
+    for key in ('train/d_loss', 'train/g_loss', 'train/energy_real', 'train/pt'):
+      np.testing.assert_allclose(scanned[key], single[key], rtol=1e-5, err_msg=key)
+  assert checkpoint_steps(runs[4][0]) == checkpoint_steps(runs[1][0]) == [8, 12]
+  chex.assert_trees_all_close(restore(runs[4][0], 12), restore(runs[1][0], 12),
+                              atol=1e-5, rtol=1e-5)
+  # Resuming a run with another steps_per_call is allowed (speed only).
+  workdir_lib.record_config(runs[4][0], make_config(tfds_data_dir, total_steps=12,
+                                                    steps_per_call=1, log_every_steps=8,
+                                                    checkpoint_every_steps=8,
+                                                    sample_every_steps=8), write=False)
+
+
+def test_a_nan_inside_a_scanned_call_is_named_by_its_own_step(monkeypatch, tmp_path,
+                                                              tfds_data_dir):
+  original = input_pipeline.train_batches
+
+  def poisoned_batches(config, *, start_step=0, **kwargs):
+    for i, batch in enumerate(original(config, start_step=start_step, **kwargs)):
+      yield np.full_like(batch, np.nan) if start_step + i + 1 == 6 else batch
+
+  monkeypatch.setattr(input_pipeline, 'train_batches', poisoned_batches)
+  workdir = tmp_path / 'nan_scanned'
+  # Calls of 4 steps: 1-4, 5-8 (step 6 poisoned, its call's 2nd step); the save at 8 sees it.
+  config = make_config(tfds_data_dir, total_steps=12, steps_per_call=4, log_every_steps=100,
+                       checkpoint_every_steps=4, sample_every_steps=100)
+  with pytest.raises(train.NonFiniteLossError, match=r'at step 6\b'):
+    train.train_and_evaluate(config, str(workdir))
+  assert checkpoint_steps(workdir) == [4]
