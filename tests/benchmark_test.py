@@ -1,0 +1,68 @@
+"""`experiments/benchmark.py` runs end to end and reports what BENCHMARKS.md quotes.
+
+Not a timed test: the speeds of a one-call run at batch 8 mean nothing; the test checks
+that every table the benchmark prints is filled, with counts that can be worked out by hand.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BATCHES = (8, 16)
+
+
+@pytest.fixture(scope='module')
+def report(tmp_path_factory):
+  out = tmp_path_factory.mktemp('benchmark') / 'fc.json'
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_DISABLE_MOST_OPTIMIZATIONS='true',
+             XLA_FLAGS='--xla_force_host_platform_device_count=1', TF_CPP_MIN_LOG_LEVEL='2')
+  cmd = [sys.executable, '-m', 'experiments.benchmark', '--configs=ebgan_pt',
+         '--batch_sizes=8,16', '--steps_per_call=1,3', '--seconds=0', '--rounds=1',
+         '--min_steps=1', '--warmup_steps=1', '--matmul_size=128', '--population_sizes=2',
+         '--population_steps_per_call=2', f'--json={out}']
+  result = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(out.read_text()), result.stdout
+
+
+def test_step_rows_count_each_steps_flops_by_hand(report):
+  data, stdout = report
+  rows = {(r['batch_size'], r['steps_per_call']): r for r in data['results']}
+  assert sorted(rows) == [(8, 1), (8, 3), (16, 1), (16, 3)]
+  for row in rows.values():
+    assert row['images_per_s'] > 0 and row['compile_s'] > 0
+  for b in BATCHES:  # FLOPs per step, not per call.
+    assert rows[b, 1]['flops_per_step'] == rows[b, 3]['flops_per_step']
+  # Dense multiply-adds of Fig. 4(c) per image: G (100-800-800-800-800-1024) has
+  # sum(in*out) = 2,819,200; D (1024-1024-1024) 2,097,152. One step: G forward (2G); D's
+  # update on real and fake (forward 2D, backward 4D, on 2 batches, less the input gradient
+  # of D's first layer, 2*1024*1024 per batch); G's update (D forward and input gradient,
+  # 4D; G backward 4G, less its first layer's input gradient, under 1%): 6G + 16D -
+  # 4*1024*1024 = 46.1 MFLOP per image, plus a little elementwise work per image.
+  per_image = 6 * 2_819_200 + 16 * 2_097_152 - 4 * 1024 * 1024
+  slope = (rows[16, 1]['flops_per_step'] - rows[8, 1]['flops_per_step']) / 8
+  assert per_image <= slope <= 1.05 * per_image, slope / per_image
+  # What does not grow with the batch: the two Adam updates, ~15 FLOPs per parameter.
+  params = 2_819_200 + 2_097_152
+  per_param = (rows[8, 1]['flops_per_step'] - 8 * slope) / params
+  assert 5 <= per_param <= 25, per_param
+  assert data['matmul_gflops'] > 0 and data['peak_memory_mib'] > 0
+  assert '| ebgan_pt | 16 | 3 |' in stdout
+
+
+def test_population_rows_name_their_baseline_and_strategy(report):
+  data, stdout = report
+  baseline, pop = data['populations']
+  assert baseline['baseline'] and baseline['population'] == 1
+  assert baseline['strategy'] == 'unroll'  # The single run's own step.
+  assert pop['population'] == 2 and pop['strategy'] == 'unroll'  # 'auto' on a CPU.
+  assert pop['steps_per_call'] == 2
+  assert pop['flops_per_step'] == 2 * baseline['flops_per_step']
+  assert pop['vs_single_run'] > 0
+  assert 'one run alone, scanned the same way' in stdout
