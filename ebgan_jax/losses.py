@@ -32,10 +32,12 @@ def energy(x: jax.Array, x_rec: jax.Array) -> jax.Array:
     raise ValueError(f'energy: x has shape {x.shape} but its reconstruction has shape '
                      f'{x_rec.shape}; the decoder must output the input image size.')
   diff = (x_rec - x).reshape(x.shape[0], -1).astype(jnp.float32)
-  # sqrt(sum(d^2)) with a gradient that stays finite at d == 0.
+  # sqrt(sum(d^2)) with a gradient that stays finite at d == 0. The test is `== 0`, not
+  # `> 0`: a NaN must stay NaN (NaN > 0 is false, which would report it as energy 0 and hide
+  # a diverged run from the training loop's non-finite check).
   sq = jnp.sum(diff * diff, axis=-1)
-  safe = jnp.where(sq > 0, sq, 1.0)
-  return jnp.where(sq > 0, jnp.sqrt(safe), 0.0)
+  zero = sq == 0
+  return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, sq)))
 
 
 def squared_l2_energy(x: jax.Array, x_rec: jax.Array) -> jax.Array:
@@ -99,9 +101,10 @@ def pulling_away_term(codes: jax.Array) -> jax.Array:
   s = codes.reshape(n, -1).astype(jnp.float32)
   sq = jnp.sum(s * s, axis=-1, keepdims=True)  # [N, 1]
   # A zero code (all ReLUs off) has no direction: its unit vector is 0. The double `where`
-  # keeps the gradient finite there (sqrt's derivative at 0 would give 0 * inf = NaN).
-  has_dir = sq > _EPS**2
-  unit = jnp.where(has_dir, s / jnp.sqrt(jnp.where(has_dir, sq, 1.0)), 0.0)
+  # keeps the gradient finite there (sqrt's derivative at 0 would give 0 * inf = NaN). A NaN
+  # code is not "zero" (NaN <= eps is false): it stays NaN, for the non-finite check.
+  no_dir = sq <= _EPS**2
+  unit = jnp.where(no_dir, 0.0, s / jnp.sqrt(jnp.where(no_dir, 1.0, sq)))
   cosine = unit @ unit.T  # [N, N]
   off_diagonal = jnp.sum(cosine**2) - jnp.sum(jnp.diagonal(cosine)**2)
   return off_diagonal / (n * (n - 1))

@@ -57,6 +57,15 @@ def test_energy_gradient_is_unit_residual_and_finite_at_zero():
                               atol=1e-6)
 
 
+def test_energy_of_a_non_finite_sample_stays_non_finite():
+  # A diverged D (NaN reconstructions) must not read as a perfect reconstruction (energy 0):
+  # the training loop stops on non-finite losses, and would never see this one.
+  x = jnp.zeros((3, 4))
+  x_rec = jnp.array([[3., 4., 0., 0.], [jnp.nan, 0., 0., 0.], [0., jnp.inf, 0., 0.]])
+  got = np.asarray(losses.energy(x, x_rec))
+  assert got[0] == 5.0 and np.isnan(got[1]) and got[2] == np.inf
+
+
 def test_squared_l2_energy_values_and_gradient():
   x = jnp.zeros((2, 2, 2))
   x_rec = jnp.array([[3., 4., 0., 0.], [1., 2., 2., 0.]]).reshape(2, 2, 2)
@@ -185,6 +194,11 @@ def test_pulling_away_term_finite_with_all_zero_code_and_gradient():
   chex.assert_trees_all_close(got, 1.0 / 6.0, rtol=1e-6)
   grad = jax.jit(jax.grad(losses.pulling_away_term))(codes)
   chex.assert_tree_all_finite(grad)
+
+
+def test_pulling_away_term_of_a_nan_code_is_nan_not_a_zero_code():
+  codes = jnp.array([[1.0, 0.0], [jnp.nan, 0.0], [1.0, 1.0]])
+  assert np.isnan(float(_pt(codes)))
 
 
 def test_pulling_away_term_gradient_matches_finite_differences():

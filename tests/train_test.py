@@ -94,6 +94,17 @@ def tree_digest(folder):
           for p in sorted(folder.rglob('*')) if p.is_file()}
 
 
+def poison_step(monkeypatch, bad_step):
+  """Makes the training batch of step `bad_step` (1-based) all NaN."""
+  original = input_pipeline.train_batches
+
+  def poisoned_batches(config, *, start_step=0, **kwargs):
+    for i, batch in enumerate(original(config, start_step=start_step, **kwargs)):
+      yield np.full_like(batch, np.nan) if start_step + i + 1 == bad_step else batch
+
+  monkeypatch.setattr(input_pipeline, 'train_batches', poisoned_batches)
+
+
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory, tfds_data_dir):
   """An uninterrupted in-process run of 8 steps: checkpoints 4, 6, 8 (keep 3)."""
@@ -159,13 +170,7 @@ def test_sigterm_saves_exits_zero_and_rerun_resumes(tmp_path, tfds_data_dir):
 def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(
     monkeypatch, tmp_path, tfds_data_dir):
   """A NaN batch at step 5 makes the losses and all later params NaN."""
-  original = input_pipeline.train_batches
-
-  def poisoned_batches(config, *, start_step=0, **kwargs):
-    for i, batch in enumerate(original(config, start_step=start_step, **kwargs)):
-      yield np.full_like(batch, np.nan) if start_step + i + 1 == 5 else batch
-
-  monkeypatch.setattr(input_pipeline, 'train_batches', poisoned_batches)
+  poison_step(monkeypatch, 5)
   workdir = tmp_path / 'nan'
   # log_every 100: the non-finite value is first seen by the save at step 6.
   config = make_config(tfds_data_dir, total_steps=8, log_every_steps=100)
@@ -321,13 +326,7 @@ def test_steps_per_call_trains_the_same_steps_and_logs_the_same_points(
 
 def test_a_nan_inside_a_scanned_call_is_named_by_its_own_step(monkeypatch, tmp_path,
                                                               tfds_data_dir):
-  original = input_pipeline.train_batches
-
-  def poisoned_batches(config, *, start_step=0, **kwargs):
-    for i, batch in enumerate(original(config, start_step=start_step, **kwargs)):
-      yield np.full_like(batch, np.nan) if start_step + i + 1 == 6 else batch
-
-  monkeypatch.setattr(input_pipeline, 'train_batches', poisoned_batches)
+  poison_step(monkeypatch, 6)
   workdir = tmp_path / 'nan_scanned'
   # Calls of 4 steps: 1-4, 5-8 (step 6 poisoned, its call's 2nd step); the save at 8 sees it.
   config = make_config(tfds_data_dir, total_steps=12, steps_per_call=4, log_every_steps=100,
