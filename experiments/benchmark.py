@@ -269,6 +269,24 @@ def bench_population(size: int, batch_size: int, seconds: float, strategy: str,
           'gflops_per_s': flops * steps / elapsed / 1e9}
 
 
+def memory_gbps(mib: int = 256, seconds: float = 2.0) -> float:
+  """Measured GB/s of a streaming elementwise pass (read + write of `mib` MiB of fp32).
+
+  The optimizer updates and activations of the small fully-connected steps are bound by
+  memory, not by the matmul rate: on a shared host the two move independently, so both are
+  recorded beside each run.
+  """
+  x = jnp.ones((mib * 2**20 // 4,), jnp.float32)
+  f = jax.jit(lambda a: a * 1.0001 + 1.0)
+  f(x).block_until_ready()
+  best, deadline = 0.0, time.perf_counter() + seconds
+  while time.perf_counter() < deadline:
+    t = time.perf_counter()
+    f(x).block_until_ready()
+    best = max(best, 2 * x.nbytes / (time.perf_counter() - t) / 1e9)
+  return best
+
+
 def machine_description() -> str:
   device = jax.devices()[0]
   cpu = platform.processor() or platform.machine()
@@ -285,9 +303,11 @@ def main(argv):
   del argv
   n = FLAGS.matmul_size or (2048 if jax.default_backend() == 'cpu' else 8192)
   peak = matmul_gflops(n)
+  bandwidth = memory_gbps()
   machine = machine_description()
-  print(f'Machine: {machine}\nfp32 matmul {n}x{n}x{n}: {peak:.1f} GFLOP/s; train-step matmul '
-        f'precision: {FLAGS.matmul_precision}')
+  print(f'Machine: {machine}\nfp32 matmul {n}x{n}x{n}: {peak:.1f} GFLOP/s; memory (streaming '
+        f'read + write): {bandwidth:.1f} GB/s; train-step matmul precision: '
+        f'{FLAGS.matmul_precision}')
   precision_peak = None
   if FLAGS.matmul_precision not in ('default', 'float32', 'highest'):
     precision_peak = matmul_gflops(n, precision=FLAGS.matmul_precision)
@@ -360,6 +380,7 @@ def main(argv):
   if FLAGS.json:
     with open(FLAGS.json, 'w') as f:
       json.dump({'machine': machine, 'load_average': os.getloadavg(), 'matmul_gflops': peak,
+                 'memory_gbps': bandwidth,
                  'matmul_size': n,
                  'dtype': FLAGS.dtype or 'config', 'bf16_matmul_gflops': bf16_peak,
                  'matmul_precision': FLAGS.matmul_precision,

@@ -52,7 +52,7 @@ def test_step_rows_count_each_steps_flops_by_hand(report):
   params = 2_819_200 + 2_097_152
   per_param = (rows[8, 1]['flops_per_step'] - 8 * slope) / params
   assert 5 <= per_param <= 25, per_param
-  assert data['matmul_gflops'] > 0 and data['peak_memory_mib'] > 0
+  assert data['matmul_gflops'] > 0 and data['peak_memory_mib'] > 0 and data['memory_gbps'] > 0
   assert '| ebgan_pt | 16 | 3 |' in stdout
 
 
