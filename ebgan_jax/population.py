@@ -11,11 +11,11 @@ How the program advances the members is the `strategy`, chosen per backend like 
 convolution lowerings of `ebgan_jax.models.conv_transpose` (BENCHMARKS.md has the numbers):
 - 'vmap': `jax.vmap(train_step)`, batched matmuls over the member axis. What fills a GPU or TPU.
 - 'unroll': each member's own `train_step`, written out one after another in the program over
-  a tuple of per-member states. XLA:CPU's batched matmuls are slow (a vmapped population of one
-  runs at about half the plain step's speed on the 2-core CPU), while the members' plain
-  products are fast and independent, so its runtime can overlap them: 16 members at batch 64
-  train faster per image than 16 single runs there. The stacked state is split into the
-  per-member tuple once per scanned call (`to_carry` / `from_carry`), not every step.
+  a tuple of per-member states. XLA:CPU's batched matmuls are slow: on the 2-core CPU a
+  vmapped population of one runs at about half a single run's speed, an unrolled one at a
+  single run's (16 members: 0.9x of a single run per image either way). The stacked state is
+  split into the per-member tuple once per scanned call (`to_carry` / `from_carry`), not
+  every step.
 - 'map': `lax.map` over the members, one after the other; kept for comparison.
 - 'auto': 'unroll' on CPU, 'vmap' elsewhere.
 """

@@ -60,6 +60,14 @@ def step_z(train_key, step_number):
   return jax.random.normal(z_key, (BATCH, LATENT), jnp.float32)
 
 
+def first_fake_batch(trainer, state, train_key):
+  """G(z) of the first step, computed independently of the step (train-mode G)."""
+  z = step_z(train_key, 0)
+  return trainer.generator.apply(
+      {'params': state.g.params, 'batch_stats': state.g.batch_stats}, z, train=True,
+      mutable=['batch_stats'])[0]
+
+
 def test_d_update_holds_g_fixed_and_g_update_uses_updated_d():
   lr_d, lr_g, margin, pt_weight = 0.1, 0.05, 10.0, 0.1
   config = tiny_config('ebgan_pt', optim='sgd', lr_d=lr_d, lr_g=lr_g)
@@ -195,10 +203,7 @@ def test_gan_d_loss_is_binary_cross_entropy():
   state = trainer.create_state(init_key)
   x_real = jnp.asarray(real_batch(2))
   _, metrics = jax.jit(trainer.train_step)(state, x_real, train_key)
-  z = step_z(train_key, 0)
-  x_fake = trainer.generator.apply(
-      {'params': state.g.params, 'batch_stats': state.g.batch_stats}, z, train=True,
-      mutable=['batch_stats'])[0]
+  x_fake = first_fake_batch(trainer, state, train_key)
   variables = {'params': state.d.params, 'batch_stats': state.d.batch_stats}
   logit_real = np.asarray(trainer.discriminator.apply(variables, x_real, train=True,
                                                       mutable=['batch_stats'])[0], np.float64)
@@ -255,10 +260,7 @@ def test_d_with_dropout_draws_each_batch_its_own_mask():
   x_real = jnp.asarray(real_batch(3))
   new_state, _ = jax.jit(trainer.train_step)(state, x_real, train_key)
 
-  z = step_z(train_key, 0)
-  x_fake = trainer.generator.apply(
-      {'params': state.g.params, 'batch_stats': state.g.batch_stats}, z, train=True,
-      mutable=['batch_stats'])[0]
+  x_fake = first_fake_batch(trainer, state, train_key)
   _, _, drop_real, drop_fake, _ = jax.random.split(jax.random.fold_in(train_key, 0), 5)
 
   def d_loss_ref(d_params, key_real, key_fake):
