@@ -128,13 +128,14 @@ def test_a_torn_last_line_is_skipped_and_not_glued_to_the_next_row(tmp_path):
 
 
 # -- the smoke grid end to end ---------------------------------------------------------------------
-def _population_configs(kind, steps, steps_per_call):
+def _population_configs(kind, steps, steps_per_call, strategy='auto'):
   """Two members of one signature; for 'gan' the second diverges (SGD at lr 1e30)."""
   configs = []
   for seed, lr in ((0, 0.01), (5, 1e30 if kind == 'gan' else 3e-4)):
     config = mnist_grid.get_config('smoke')
     config.seed, config.total_steps = seed, steps
     config.grid.steps_per_call = steps_per_call
+    config.grid.population_strategy = strategy
     config.loss.kind = kind
     optim = 'sgd' if kind == 'gan' else 'adam'
     config.optim.optim_d = config.optim.optim_g = optim
@@ -160,10 +161,11 @@ def _step_by_step(configs, batches):
   return jax.device_get(pop.state), tracked
 
 
-@pytest.mark.parametrize('kind', ['gan', 'ebgan'])
-def test_scanned_calls_equal_one_step_per_call(kind, fast_compiles, monkeypatch):
+@pytest.mark.parametrize('kind,strategy', [('gan', 'auto'), ('ebgan', 'auto'), ('gan', 'vmap')])
+def test_scanned_calls_equal_one_step_per_call(kind, strategy, fast_compiles, monkeypatch):
   # 7 steps in calls of 3 (3 + 3 + a tail call of 1), of 1 and of 7 against the plain loop;
-  # a window of 4 puts the tail (steps 3..6) across a call boundary.
+  # a window of 4 puts the tail (steps 3..6) across a call boundary. 'auto' is 'unroll' here
+  # (a CPU); 'vmap' is the accelerators' strategy, whose scan carries the stacked state.
   monkeypatch.setattr(grid, 'FINAL_WINDOW', 4)
   steps = 7
   batches = np.random.default_rng(1).uniform(-1, 1, (steps, 16, 32, 32, 1)).astype(np.float32)
@@ -171,7 +173,7 @@ def test_scanned_calls_equal_one_step_per_call(kind, fast_compiles, monkeypatch)
   if kind == 'gan':  # The case the tracking is for: member 1 diverges, member 0 does not.
     assert list(expected['finite']) == [True, False] and expected['nan_step'][1] >= 0
   for k in (3, 1, 7):
-    configs = _population_configs(kind, steps, k)
+    configs = _population_configs(kind, steps, k, strategy)
     program = grid.compile_population(configs)
     assert (program.steps_per_call, program.run_tail is None) == (k, steps % k == 0)
     pop, tracked = grid.train_population(configs, iter(batches), program=program)
