@@ -222,13 +222,14 @@ def time_step(row: dict, seconds: float, min_steps: int) -> None:
                model_gflops_per_s=row['model_flops_per_step'] * steps / elapsed / 1e9)
 
 
-def bench_population(size: int, batch_size: int, seconds: float, strategy: str,
-                     steps_per_call: int, variant: str = 'ebgan_pt') -> dict:
-  """Times `size` members sharing each batch (ebgan_jax.population), as the grid runs them.
+def prepare_population(size: int, batch_size: int, strategy: str, steps_per_call: int,
+                       variant: str = 'ebgan_pt') -> dict:
+  """Compiles `size` members sharing each batch (ebgan_jax.population), as the grid runs them.
 
   One call scans `steps_per_call` steps over the population's carry (`Population.to_carry`,
   per-member states under 'unroll'), keeping every step's metrics, as `ebgan_jax.grid` does.
   A population of one under 'unroll' is a single run's own step: the sequential baseline.
+  Returns the row `time_population` times (its '_' entries hold the program and state).
   """
   configs = []
   for seed in range(size):
@@ -248,9 +249,19 @@ def bench_population(size: int, batch_size: int, seconds: float, strategy: str,
   t = time.perf_counter()
   compiled = jax.jit(run, donate_argnums=0).lower(state, images).compile()
   compile_s = time.perf_counter() - t
-  flops = size * step_flops(pop.trainer, images.shape[1:])  # Each member does one step.
-  state, metrics = compiled(state, images)
+  state, metrics = compiled(state, images)  # Warm-up.
   jax.block_until_ready(metrics)
+  return {'population': size, 'strategy': population.resolve_strategy(strategy),
+          'config': variant, 'batch_size': batch_size, 'steps_per_call': steps_per_call,
+          'matmul_precision': FLAGS.matmul_precision, 'compile_s': compile_s,
+          'flops_per_step': size * step_flops(pop.trainer, images.shape[1:]),
+          'rounds_member_images_per_s': [],
+          '_fn': compiled, '_state': state, '_images': images}
+
+
+def time_population(row: dict, seconds: float) -> float:
+  """Times one round of a `prepare_population` row; returns its member-images/s."""
+  compiled, state, images = row.pop('_fn'), row.pop('_state'), row['_images']
   calls, t = 0, time.perf_counter()
   while True:
     state, metrics = compiled(state, images)
@@ -259,14 +270,23 @@ def bench_population(size: int, batch_size: int, seconds: float, strategy: str,
     elapsed = time.perf_counter() - t
     if elapsed >= seconds:
       break
-  steps = calls * steps_per_call
-  return {'population': size, 'strategy': population.resolve_strategy(strategy),
-          'config': variant, 'batch_size': batch_size, 'steps_per_call': steps_per_call,
-          'matmul_precision': FLAGS.matmul_precision,
-          'compile_s': compile_s, 'flops_per_step': flops,
-          'steps_per_s': steps / elapsed,
-          'member_images_per_s': steps * batch_size * size / elapsed,
-          'gflops_per_s': flops * steps / elapsed / 1e9}
+  row['_fn'], row['_state'] = compiled, state  # The input state was donated.
+  rate = calls * row['steps_per_call'] * row['batch_size'] * row['population'] / elapsed
+  row['rounds_member_images_per_s'].append(rate)
+  return rate
+
+
+def summarize_population(row: dict, peak: float) -> None:
+  """Fills a timed row's rates from the median of its rounds (and keeps the best)."""
+  rates = row['rounds_member_images_per_s']
+  rate = float(np.median(rates))
+  member_steps = rate / row['batch_size']
+  row.update(member_images_per_s=rate, best_member_images_per_s=max(rates),
+             steps_per_s=member_steps / row['population'],
+             gflops_per_s=member_steps / row['population'] * row['flops_per_step'] / 1e9)
+  row['percent_of_peak'] = 100 * row['gflops_per_s'] / peak
+  for key in [k for k in row if k.startswith('_')]:
+    del row[key]
 
 
 def memory_gbps(mib: int = 256, seconds: float = 2.0) -> float:
@@ -354,27 +374,41 @@ def main(argv):
           f"{r['percent_of_peak']:.0f}% |{mfu}", flush=True)
   pop_rows = []
   if FLAGS.population_sizes:
+    # The sequential baseline, one run's own step scanned as the grid runs a single run, and
+    # the populations: all compiled first, then timed round by round (`--rounds`) so that
+    # the baseline's jitter (large on a GPU, where one small step is latency-bound) and load
+    # from other processes hit them alike; each row reports its median round.
     k = FLAGS.population_steps_per_call
-    # The sequential baseline: one run's own step, scanned as the grid runs a single run.
-    single = bench_population(1, 64, FLAGS.seconds, 'unroll', k)
+    single = prepare_population(1, 64, 'unroll', k)
     single['baseline'] = True
-    pop_rows.append(single)
+    pop_rows = [single] + [prepare_population(size, 64, FLAGS.population_strategy, k)
+                           for size in map(int, FLAGS.population_sizes)]
+    for r in pop_rows:
+      print(f"compiled population of {r['population']} ({r['strategy']}) in "
+            f"{r['compile_s']:.1f} s", flush=True)
+    for i in range(FLAGS.rounds):
+      rates = [time_population(r, FLAGS.seconds) for r in pop_rows]
+      print(f'population round {i + 1}: ' + ', '.join(
+          f"{r['population']}: {rate:.0f}" for r, rate in zip(pop_rows, rates))
+          + ' member-img/s', flush=True)
+    for r in pop_rows:
+      summarize_population(r, peak)
     rate = single['member_images_per_s']
-    print(f'\nPopulations ({FLAGS.population_strategy}, {k} steps per call); one run alone, '
-          f'scanned the same way: {rate:.0f} img/s ({100 * single["gflops_per_s"] / peak:.0f}% '
-          'of the matmul peak)')
+    print(f'\nPopulations ({FLAGS.population_strategy}, {k} steps per call, median of '
+          f'{FLAGS.rounds} rounds); one run alone, scanned the same way: {rate:.0f} img/s '
+          f'({single["percent_of_peak"]:.0f}% of the matmul peak; rounds '
+          + ', '.join(f'{x:.0f}' for x in single['rounds_member_images_per_s']) + ')')
     print('\n| population | strategy | batch | member-images/s | steps/s | vs one run alone | '
-          'compile s | % of matmul peak |')
-    print('|---:|---|---:|---:|---:|---:|---:|---:|')
-  for size in map(int, FLAGS.population_sizes):
-    r = bench_population(size, 64, FLAGS.seconds, FLAGS.population_strategy,
-                         FLAGS.population_steps_per_call)
-    r['percent_of_peak'] = 100 * r['gflops_per_s'] / peak
-    r['vs_single_run'] = r['member_images_per_s'] / rate
-    pop_rows.append(r)
-    print(f"| {size} | {r['strategy']} | 64 | {r['member_images_per_s']:.0f} | "
-          f"{r['steps_per_s']:.1f} | {r['vs_single_run']:.2f}x | {r['compile_s']:.1f} | "
-          f"{r['percent_of_peak']:.0f}% |", flush=True)
+          'per round vs its own baseline | compile s | % of matmul peak |')
+    print('|---:|---|---:|---:|---:|---:|---|---:|---:|')
+    for r in pop_rows[1:]:
+      r['vs_single_run'] = r['member_images_per_s'] / rate
+      r['rounds_vs_single_run'] = [a / b for a, b in zip(
+          r['rounds_member_images_per_s'], single['rounds_member_images_per_s'])]
+      print(f"| {r['population']} | {r['strategy']} | 64 | {r['member_images_per_s']:.0f} | "
+            f"{r['steps_per_s']:.1f} | {r['vs_single_run']:.2f}x | "
+            + ', '.join(f'{x:.2f}x' for x in r['rounds_vs_single_run'])
+            + f" | {r['compile_s']:.1f} | {r['percent_of_peak']:.0f}% |", flush=True)
   memory = peak_memory_mib()
   print(f'\nPeak memory: {memory:.0f} MiB')
   if FLAGS.json:

@@ -1,6 +1,9 @@
 """PyTorch eager reference: images/s of one EBGAN-PT iteration with App. C's conv models.
 
   /path/to/torch-venv/bin/python experiments/torch_reference.py [--configs=dcgan64,imagenet128]
+  python3 experiments/torch_reference.py --device=cuda --bf16 --channels_last --batch=256 \
+      [--compile]   # on a GPU: bf16 autocast (fp32 parameters and Adam), as benchmark.py's
+                    # --dtype=bfloat16
 
 This file exists only to measure the baseline that issue #5 quotes (a PyTorch 2.x eager
 version of the same networks on the same CPU) next to `experiments/benchmark.py`'s JAX
@@ -138,29 +141,48 @@ def pulling_away_term(code: torch.Tensor) -> torch.Tensor:
   return (cosine.square().sum() - cosine.diagonal().square().sum()) / (n * (n - 1))
 
 
-def make_step(name: str, batch: int):
-  """One EBGAN-PT iteration (D update, then G update) as a closure over fresh models."""
+def make_step(name: str, batch: int, device: str = 'cpu', bf16: bool = False,
+              channels_last: bool = False, compile_models: bool = False):
+  """One EBGAN-PT iteration (D update, then G update) as a closure over fresh models.
+
+  On a GPU: `bf16` runs G and D under bf16 autocast (parameters, losses and Adam stay fp32),
+  `channels_last` keeps activations NHWC (cuDNN's fast layout for bf16), `compile_models`
+  wraps G and D in `torch.compile` (fused elementwise and BatchNorm kernels).
+  """
   size, margin, _ = CONFIGS[name]
   g, d = models(name)
+  g, d = g.to(device), d.to(device)
+  memory_format = torch.channels_last if channels_last else torch.contiguous_format
+  g, d = g.to(memory_format=memory_format), d.to(memory_format=memory_format)
   opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
   opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
-  real = torch.rand(batch, 3, size, size) * 2 - 1
+  real = (torch.rand(batch, 3, size, size, device=device) * 2 - 1).to(
+      memory_format=memory_format)
+  run_g, run_d = (torch.compile(g), torch.compile(d)) if compile_models else (g, d)
+  autocast = torch.autocast(device_type=device.split(':')[0], dtype=torch.bfloat16,
+                            enabled=bf16)
 
   def train_step():
-    z = torch.randn(batch, LATENT)
+    with autocast:
+      _train_step()
+
+  def _train_step():
+    g, d = run_g, run_d
+    z = torch.randn(batch, LATENT, device=device)
     fake = g(z)
     # D update (Eq. 1): G(z) is a constant.
     d.requires_grad_(True)
     opt_d.zero_grad(set_to_none=True)
-    e_real = energy(real, d(real)[0])
-    e_fake = energy(fake.detach(), d(fake.detach())[0])
+    e_real = energy(real, d(real)[0].float())
+    e_fake = energy(fake.detach().float(), d(fake.detach())[0].float())
     (e_real + torch.relu(margin - e_fake)).mean().backward()
     opt_d.step()
     # G update (Eq. 2 + 0.1 x Eq. 14) under the updated D.
     d.requires_grad_(False)
     opt_g.zero_grad(set_to_none=True)
     rec, code = d(fake)
-    (energy(fake, rec).mean() + 0.1 * pulling_away_term(code)).backward()
+    (energy(fake.float(), rec.float()).mean()
+     + 0.1 * pulling_away_term(code.float())).backward()
     opt_g.step()
 
   return train_step
@@ -185,12 +207,21 @@ def make_parts(name: str, batch: int):
   return {f'{name} G fwd+bwd': g_part, f'{name} D fwd+bwd': d_part}
 
 
+def _sync() -> None:
+  if torch.cuda.is_available():
+    torch.cuda.synchronize()
+
+
 def time_step(train_step, seconds: float, min_steps: int) -> float:
   """Seconds per step over at least `min_steps` steps and `seconds` seconds."""
   steps, start = 0, time.perf_counter()
+  _sync()
   while True:
     train_step()
     steps += 1
+    if steps % 10 and steps >= min_steps and time.perf_counter() - start < seconds:
+      continue  # A GPU runs ahead; synchronize every 10 steps and at the end.
+    _sync()
     elapsed = time.perf_counter() - start
     if elapsed >= seconds and steps >= min_steps:
       return elapsed / steps
@@ -205,22 +236,29 @@ def main() -> None:
   parser.add_argument('--min_steps', type=int, default=2)
   parser.add_argument('--warmup_steps', type=int, default=2)
   parser.add_argument('--rounds', type=int, default=1)
+  parser.add_argument('--device', default='cpu', help="e.g. 'cuda'")
+  parser.add_argument('--bf16', action='store_true', help='bf16 autocast (fp32 parameters).')
+  parser.add_argument('--channels_last', action='store_true', help='NHWC activations.')
+  parser.add_argument('--compile', action='store_true', help='torch.compile G and D.')
   parser.add_argument('--parts', action='store_true',
                       help='Also time G and D forward + backward alone.')
   args = parser.parse_args()
   torch.set_num_threads(args.threads)
   torch.manual_seed(0)
   print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, '
-        f'{os.cpu_count()} cores')
+        f'{os.cpu_count()} cores, device {args.device}, bf16 autocast {args.bf16}, '
+        f'channels_last {args.channels_last}, compile {args.compile}')
   steps = {}  # (what, batch) -> a function running one step of it.
   for name in args.configs.split(','):
     batch = args.batch or CONFIGS[name][2]
-    steps[f'{name} step', batch] = make_step(name, batch)
+    steps[f'{name} step', batch] = make_step(name, batch, args.device, args.bf16,
+                                             args.channels_last, args.compile)
     if args.parts:
       steps.update({(part, batch): fn for part, fn in make_parts(name, batch).items()})
   for train_step in steps.values():
     for _ in range(args.warmup_steps):
       train_step()
+    _sync()
   best = {}
   for i in range(args.rounds):  # Round by round, so that load hits all configs alike.
     for key, train_step in steps.items():
