@@ -82,7 +82,8 @@ class Generator(nn.Module):
     h = z[:, :, None, None]  # [B, latent, 1, 1]
     for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
       if i > 0 and self.noise_planes:
-        noise = torch.randn(h.shape[0], self.noise_planes[i - 1], *h.shape[2:])
+        noise = torch.randn(h.shape[0], self.noise_planes[i - 1], *h.shape[2:],
+                            device=h.device, dtype=h.dtype)
         h = torch.cat([h, noise], dim=1)
       h = torch.relu(bn(conv(h)))
     return torch.tanh(self.output(h))
