@@ -8,7 +8,8 @@
 #     channels_last, then torch.compile), the yardstick for conv's MFU.
 # grid: a timed trial of the real EBGAN grid (gpu_grid_benchmark.sh's (b): shard 0 of 10, 48
 #     runs) from GRID_DATA (python -m experiments.grid_trial export) and, when present, the
-#     offline classifier in CLASSIFIER_DIR.
+#     offline classifier in CLASSIFIER_DIR; COMPILATION_CACHE=DIR turns on JAX's persistent
+#     cache (and with it XLA's per-fusion autotuning cache, shared by the populations).
 # The lent image has jax, flax, optax and orbax but not ml-collections: put its wheel in .whl/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +47,8 @@ if has grid; then
   [ -n "${CLASSIFIER_DIR:-}" ] && cp -r "$CLASSIFIER_DIR" "$out/grid/"
   python3 -m experiments.grid_trial run --data="${GRID_DATA:?set GRID_DATA}" \
     --config=configs/mnist_grid.py:ebgan --workdir="$out/grid" --num_shards=10 \
-    --shard_index=0 --max_populations="${POPULATIONS:-48}" --compile_workers=12 2>&1 \
+    --shard_index=0 --max_populations="${POPULATIONS:-48}" --compile_workers=12 \
+    ${COMPILATION_CACHE:+--compilation_cache_dir="$COMPILATION_CACHE"} 2>&1 \
     | quiet > "$out/grid.log"
   tail -n 1 "$out/grid.log" | tee "$out/grid_summary.json"
   find "$out/grid" -maxdepth 1 -type f -name '*.jsonl' -exec cp {} "$out/" \;
