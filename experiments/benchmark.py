@@ -21,6 +21,12 @@ set both; 'T+C' sets the transposed one to T and the strided one to C (e.g.
 compiled first, then timed round by round (`--rounds`), so load from other processes hits
 them alike; each row reports its best round. A round times at least `--min_steps` steps and
 stops once `--seconds` have passed, so a slow variant costs a few steps, not minutes.
+
+`--population_sizes` adds populations of EBGAN-PT runs (batch 64, members differing in seed)
+and their baseline, one run alone, both scanned `--population_steps_per_call` steps a call as
+the grid runs them; they too are compiled first and timed round by round, and report their
+median round, with each round's ratio against the baseline timed in the same round (on a GPU
+one small run is latency-bound and its rate moves between rounds).
 """
 
 from __future__ import annotations

@@ -267,8 +267,9 @@ def main() -> None:
       best[key] = min(best.get(key, seconds), seconds)
       print(f'round {i + 1}: torch {key[0]}, batch {key[1]}: {seconds:.3f} s/step, '
             f'{key[1] / seconds:.1f} img/s; load average {os.getloadavg()[0]:.2f}', flush=True)
+  mode = 'compile' if args.compile else 'eager'
   for (name, batch), seconds in best.items():
-    print(f'| torch eager {name} | {batch} | {batch / seconds:.1f} | {seconds:.3f} |')
+    print(f'| torch {mode} {name} | {batch} | {batch / seconds:.1f} | {seconds:.3f} |')
 
 
 if __name__ == '__main__':
