@@ -5,6 +5,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 WORKDIR ?= workdirs/demo
 STAMP  := $(VENV)/.installed
+# Test processes (pytest-xdist). Most tests are tiny configs whose time is tracing and
+# compiling, largely one thread each: on 2 cores, 2 workers ran the suite in 10 min against
+# 15.5 min for one process, back to back.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test env
 env: $(STAMP)
@@ -19,4 +23,4 @@ demo: $(STAMP)
 	$(VENV)/bin/python -m ebgan_jax.main --config=configs/mnist_fc.py:ebgan_pt --workdir=$(WORKDIR)
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) tests
