@@ -78,8 +78,11 @@ flags.DEFINE_float('chip_peak_tflops', 0.0, "The chip's nominal peak TFLOP/s for
 flags.DEFINE_enum('population_strategy', 'auto', list(population.STRATEGIES),
                   "How a population program advances its members ('auto': 'unroll' on CPU, "
                   "'vmap' elsewhere; ebgan_jax.population).")
-flags.DEFINE_integer('population_steps_per_call', 10, 'Steps per jitted call of a population '
-                     "(one lax.scan, as the grid runs them; the grid's default is 100).")
+flags.DEFINE_integer('population_steps_per_call', 100, 'Steps per jitted call of a '
+                     "population and of its baseline (one lax.scan, as the grid runs them: "
+                     "the grid's default `grid.steps_per_call`). On CPU an 'unroll' call splits "
+                     'the stacked state into its members and restacks it, a fixed cost per '
+                     'call that 10 steps a call do not amortize (BENCHMARKS.md).')
 flags.DEFINE_list('steps_per_call', [], 'Train steps per jitted call (one lax.scan, as the '
                   "training loop runs them), e.g. 1,10 to time both; empty: each config's "
                   '`steps_per_call`.')
