@@ -13,9 +13,10 @@ convolution lowerings of `ebgan_jax.models.conv_transpose` (BENCHMARKS.md has th
 - 'unroll': each member's own `train_step`, written out one after another in the program over
   a tuple of per-member states. XLA:CPU's batched matmuls are slow: on the 2-core CPU a
   vmapped population of one runs at about half a single run's speed, an unrolled one at a
-  single run's (16 members: 0.9x of a single run per image either way). The stacked state is
-  split into the per-member tuple once per scanned call (`to_carry` / `from_carry`), not
-  every step.
+  single run's. The stacked state is split into the per-member tuple once per scanned call
+  (`to_carry` / `from_carry`), not every step: a fixed cost per call, so 16 members of
+  Fig. 4(c) ran 1.08x a single run per image at the grid's 100 steps a call and 0.84-0.94x
+  at 10.
 - 'map': `lax.map` over the members, one after the other; kept for comparison.
 - 'auto': 'unroll' on CPU, 'vmap' elsewhere.
 """

@@ -270,7 +270,7 @@ def prepare_population(size: int, batch_size: int, strategy: str, steps_per_call
 
 def time_population(row: dict, seconds: float) -> float:
   """Times one round of a `prepare_population` row; returns its member-images/s."""
-  compiled, state, images = row.pop('_fn'), row.pop('_state'), row['_images']
+  compiled, state, images = row['_fn'], row['_state'], row['_images']
   calls, t = 0, time.perf_counter()
   while True:
     state, metrics = compiled(state, images)
@@ -279,7 +279,7 @@ def time_population(row: dict, seconds: float) -> float:
     elapsed = time.perf_counter() - t
     if elapsed >= seconds:
       break
-  row['_fn'], row['_state'] = compiled, state  # The input state was donated.
+  row['_state'] = state  # The input state was donated.
   rate = calls * row['steps_per_call'] * row['batch_size'] * row['population'] / elapsed
   row['rounds_member_images_per_s'].append(rate)
   return rate
