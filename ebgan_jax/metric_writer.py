@@ -1,60 +1,96 @@
-"""Scalars and image grids to TensorBoard (tf.summary) and a JSONL file; process 0 writes.
+"""Scalars and image grids to TensorBoard and to metrics.jsonl; process 0 writes.
 
-`tf.summary` is used directly (TensorFlow is already a dependency for tf.data) rather than
-clu's writers, whose last release predates the installed JAX.
+No TensorFlow. The event files hold TensorBoard's own protocol buffers
+(`tensorboard.compat.proto`) framed by TensorBoard's record writer
+(`tensorboard.summary.writer.record_writer`): the pieces PyTorch's `SummaryWriter` is built on,
+from the `tensorboard` package, maintained by the TensorBoard team and needed anyway to view
+the logs. tensorboardX would add a dependency for the same pieces; the writers of clu and
+flax import TensorFlow. Files go through `ebgan_jax.paths`, so a remote logdir (gs://...)
+works; PNGs are encoded with Pillow (which matplotlib depends on).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import pathlib
+import socket
+import time
 from typing import Mapping
 
 import jax
 import numpy as np
-import tensorflow as tf
+from PIL import Image
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer import record_writer
+
+from ebgan_jax import paths
 
 
-def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
-  """Writes a uint8 [H, W, C] image (C = 1 or 3) as a PNG file."""
-  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  tf.io.write_file(str(path), tf.io.encode_png(image))
+def encode_png(image: np.ndarray) -> bytes:
+  """PNG bytes of a uint8 image [H, W, C], C = 1 (grey) or 3 (RGB)."""
+  image = np.asarray(image)
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (1, 3):
+    raise ValueError(f'Expected a uint8 image [H, W, 1 or 3], got {image.dtype} {image.shape}.')
+  buffer = io.BytesIO()
+  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format='PNG')
+  return buffer.getvalue()
+
+
+def write_png(path: paths.PathLike, image: np.ndarray) -> None:
+  """Writes a uint8 [H, W, C] image (C = 1 or 3) as a PNG file (local or remote)."""
+  paths.write_atomic(path, encode_png(image))
 
 
 class MetricWriter:
-  """Writes `train/...` scalars and sample grids under `logdir` (TensorBoard + metrics.jsonl)."""
+  """Writes `train/...` scalars and sample grids under `logdir` (TensorBoard + metrics.jsonl).
 
-  def __init__(self, logdir: str | os.PathLike):
+  Every flush makes what was written durable (on a remote logdir, the objects are rewritten:
+  see `paths.AppendLog`). Scalars are flushed as they are written; images at the next scalar
+  write or at `flush`/`close`.
+  """
+
+  def __init__(self, logdir: paths.PathLike):
     self.enabled = jax.process_index() == 0
-    self.logdir = pathlib.Path(logdir)
-    if self.enabled:
-      self.logdir.mkdir(parents=True, exist_ok=True)
-      self._summary = tf.summary.create_file_writer(str(self.logdir))
-      self._jsonl = open(self.logdir / 'metrics.jsonl', 'a', encoding='utf-8')
+    self.logdir = paths.as_path(logdir)
+    if not self.enabled:
+      return
+    name = (f'events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.'
+            f'{os.getpid()}.ebgan_jax')
+    self._events = record_writer.RecordWriter(paths.AppendLog(self.logdir / name))
+    self._write_event(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
+    self._jsonl = paths.AppendLog(self.logdir / 'metrics.jsonl')
+
+  def _write_event(self, event: event_pb2.Event) -> None:
+    self._events.write(event.SerializeToString())
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
       return
-    with self._summary.as_default(step=step):
-      for name, value in scalars.items():
-        tf.summary.scalar(name, value)
-    self._jsonl.write(json.dumps({'step': step, **{k: float(v) for k, v in scalars.items()}})
-                      + '\n')
-    self._jsonl.flush()
+    values = [summary_pb2.Summary.Value(tag=name, simple_value=float(value))
+              for name, value in scalars.items()]
+    self._write_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                      summary=summary_pb2.Summary(value=values)))
+    row = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
+    self._jsonl.write((json.dumps(row) + '\n').encode())
+    self.flush()
 
   def write_image(self, step: int, name: str, image: np.ndarray) -> None:
     """One uint8 [H, W, C] image (e.g. a sample grid)."""
     if not self.enabled:
       return
-    with self._summary.as_default(step=step):
-      tf.summary.image(name, image[None], step=step)
+    h, w, c = image.shape
+    summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(
+        tag=name, image=summary_pb2.Summary.Image(height=h, width=w, colorspace=c,
+                                                   encoded_image_string=encode_png(image)))])
+    self._write_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
 
   def flush(self) -> None:
     if self.enabled:
-      self._summary.flush()
+      self._events.flush()
+      self._jsonl.flush()
 
   def close(self) -> None:
     if self.enabled:
-      self._summary.close()
+      self._events.close()
       self._jsonl.close()
