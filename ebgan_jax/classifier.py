@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pathlib
 import time
 from typing import Any
 
@@ -41,7 +40,8 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from ebgan_jax import idx_dataset
+from ebgan_jax import paths
+from ebgan_jax.data import idx
 
 INPUT_SIZE = 32       # Height and width the network sees.
 NUM_CLASSES = 10
@@ -53,7 +53,7 @@ EVAL_BATCH = 500      # Images per forward pass in `predict_*` (bounds memory).
 
 PARAMS_SUBDIR = 'params'     # Orbax checkpoint of the parameter pytree, inside the directory.
 META_FILE = 'classifier.json'  # Metadata beside it; written last, so it marks a finished save.
-EMBEDDED_MNIST_DIR = idx_dataset.EMBEDDED_MNIST_DIR
+EMBEDDED_MNIST_DIR = idx.EMBEDDED_MNIST_DIR
 TRAIN_COMMAND = 'python -m ebgan_jax.classifier --out_dir={path}'
 
 
@@ -232,7 +232,7 @@ def save_classifier(path: str | os.PathLike, params: Any, meta: dict[str, Any]) 
     params: the variables returned by `train_classifier`.
     meta: JSON-serialisable facts to keep, e.g. {'test_accuracy': 0.98, 'num_epochs': 3}.
   """
-  path = pathlib.Path(path).absolute()
+  path = paths.as_path(path)
   path.mkdir(parents=True, exist_ok=True)
   (path / META_FILE).unlink(missing_ok=True)
   with ocp.StandardCheckpointer() as checkpointer:
@@ -240,7 +240,7 @@ def save_classifier(path: str | os.PathLike, params: Any, meta: dict[str, Any]) 
     checkpointer.wait_until_finished()
   meta = dict(meta, input_size=INPUT_SIZE, num_classes=NUM_CLASSES, feature_dim=FEATURE_DIM,
               architecture=ARCHITECTURE)
-  (path / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + '\n')
+  paths.write_atomic(path / META_FILE, json.dumps(meta, indent=2, sort_keys=True) + '\n')
 
 
 def load_classifier(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
@@ -254,7 +254,7 @@ def load_classifier(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     ClassifierCheckpointError: the directory, its metadata or its parameters are missing,
       unreadable, or for another architecture. The message names the command that trains one.
   """
-  path = pathlib.Path(path).absolute()
+  path = paths.as_path(path)
   fix = f'Train one with `{TRAIN_COMMAND.format(path=path)}`.'
   meta_path = path / META_FILE
   if not meta_path.is_file():
@@ -292,7 +292,7 @@ def load_classifier(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
 
 def read_idx_split(folder: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
   """An IDX split as (images [N, 28, 28, 1] float32 in [-1, 1], labels [N] int32)."""
-  images, labels = idx_dataset.read_idx_split(folder, split)
+  images, labels = idx.read_idx_split(folder, split)
   return images.astype(np.float32) / 127.5 - 1.0, labels.astype(np.int32)
 
 

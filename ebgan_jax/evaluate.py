@@ -15,13 +15,10 @@ loads it. Its test accuracy is printed and stored in its metadata and in every s
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import functools
 import json
 import os
-import pathlib
 import time
 from typing import Any
 
@@ -30,8 +27,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 
-from ebgan_jax import classifier, input_pipeline, metric_writer, sample, scores
+from ebgan_jax import classifier, data, metric_writer, paths, sample, scores
 
 NUM_CLASSES = 10
 # Used when a config has no `eval` block (e.g. configs/mnist_fc.py runs).
@@ -48,18 +46,6 @@ def eval_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   return ml_collections.ConfigDict(settings)
 
 
-@contextlib.contextmanager
-def _file_lock(path: pathlib.Path):
-  """An exclusive fcntl lock on `path` (created), held for the `with` block."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with open(path, 'a+') as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def get_classifier(config: ml_collections.ConfigDict, directory: str | os.PathLike
                    ) -> tuple[Any, dict[str, Any]]:
   """The offline classifier of `config`'s dataset, loaded from `directory` or trained there.
@@ -72,19 +58,21 @@ def get_classifier(config: ml_collections.ConfigDict, directory: str | os.PathLi
   Returns:
     (variables, meta); meta holds `test_accuracy`, the dataset and the training settings.
   """
-  directory = pathlib.Path(directory).absolute()
-  with _file_lock(directory.parent / f'.{directory.name}.lock'):
+  directory = paths.as_path(directory)
+  # On a remote directory there is no lock: concurrent first callers may each train one
+  # (the same result; the last save wins).
+  with paths.file_lock(directory.parent / f'.{directory.name}.lock'):
     if (directory / classifier.META_FILE).exists():
       params, meta = classifier.load_classifier(directory)
       logging.info('Loaded the offline classifier from %s (test accuracy %.4f).', directory,
                    meta.get('test_accuracy', float('nan')))
       return params, meta
     settings = eval_settings(config)
-    train_images, train_labels = input_pipeline.split_arrays(config, 'train')
+    train_images, train_labels = data.split_arrays(config, 'train')
     if settings.classifier_train_examples > 0:
       train_images = train_images[:settings.classifier_train_examples]
       train_labels = train_labels[:settings.classifier_train_examples]
-    test_images, test_labels = input_pipeline.split_arrays(config, 'test')
+    test_images, test_labels = data.split_arrays(config, 'test')
     start = time.time()
     params, accuracy = classifier.train_classifier(
         train_images, train_labels, test_images, test_labels,
@@ -131,7 +119,7 @@ def reference_from_images(params: Any, images: np.ndarray | jax.Array) -> Refere
 
 def reference_statistics(params: Any, config: ml_collections.ConfigDict) -> Reference:
   """Mean and covariance of the classifier features of the whole test split."""
-  images, _ = input_pipeline.split_arrays(config, 'test')
+  images, _ = data.split_arrays(config, 'test')
   return reference_from_images(params, images)
 
 
@@ -190,14 +178,14 @@ def score_images(params: Any, images: np.ndarray | jax.Array, reference: Referen
   }
 
 
-def default_classifier_dir(config: ml_collections.ConfigDict, root: str | os.PathLike
-                           ) -> pathlib.Path:
+def default_classifier_dir(config: ml_collections.ConfigDict, root: paths.PathLike
+                           ) -> epath.Path:
   """`root/classifier-<dataset>`: one cached classifier per dataset."""
-  name = pathlib.Path(config.data_dir).name if config.data_dir else config.dataset
-  return pathlib.Path(root) / f'classifier-{name}'
+  name = paths.as_path(config.data_dir).name if config.data_dir else config.dataset
+  return paths.as_path(root) / f'classifier-{name}'
 
 
-def evaluate_workdir(workdir: str | os.PathLike, classifier_dir: str | os.PathLike | None = None,
+def evaluate_workdir(workdir: paths.PathLike, classifier_dir: paths.PathLike | None = None,
                      num_samples: int | None = None, seed: int = 0) -> dict[str, Any]:
   """Scores the latest checkpoint of the run in `workdir`; writes eval.json and TensorBoard.
 
@@ -210,8 +198,8 @@ def evaluate_workdir(workdir: str | os.PathLike, classifier_dir: str | os.PathLi
   Returns:
     The scores, with `step` (the checkpoint's) and `classifier_test_accuracy`.
   """
-  workdir = pathlib.Path(workdir)
-  trainer, state, step = sample.load_generator(str(workdir))
+  workdir = paths.as_path(workdir)
+  trainer, state, step = sample.load_generator(workdir)
   config = trainer.config
   settings = eval_settings(config)
   num_samples = num_samples or settings.num_samples
@@ -224,9 +212,7 @@ def evaluate_workdir(workdir: str | os.PathLike, classifier_dir: str | os.PathLi
   result.update(step=int(step), num_samples=int(num_samples),
                 classifier_test_accuracy=float(meta.get('test_accuracy', float('nan'))),
                 classifier_dir=str(classifier_dir))
-  tmp = workdir / (EVAL_FILE + '.tmp')
-  tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + '\n')
-  tmp.replace(workdir / EVAL_FILE)
+  paths.write_atomic(workdir / EVAL_FILE, json.dumps(result, indent=2, sort_keys=True) + '\n')
   writer = metric_writer.MetricWriter(workdir / 'logs')
   try:
     writer.write_scalars(step, {f'eval/{k}': result[k] for k in
@@ -241,8 +227,8 @@ def main(argv):
   result = evaluate_workdir(FLAGS.workdir, FLAGS.classifier_dir or None,
                             FLAGS.num_samples or None, FLAGS.seed)
   print(json.dumps(result, indent=2, sort_keys=True))
-  print(f'Wrote {pathlib.Path(FLAGS.workdir) / EVAL_FILE} and eval/... scalars to '
-        f'{pathlib.Path(FLAGS.workdir) / "logs"}')
+  workdir = paths.as_path(FLAGS.workdir)
+  print(f'Wrote {workdir / EVAL_FILE} and eval/... scalars to {workdir / "logs"}')
 
 
 if __name__ == '__main__':

@@ -51,7 +51,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ebgan_jax import evaluate, input_pipeline, population, sample, sharding, step
+from ebgan_jax import data, evaluate, population, sample, sharding, step
 
 RESULTS_DIR = 'results'
 SAMPLES_DIR = 'samples'
@@ -401,7 +401,7 @@ def train_population(configs: Sequence[ml_collections.ConfigDict],
   tracked = _new_tracker(pop.size, program.metric_names)
   if chunks is None:
     if batches is None:
-      batches = input_pipeline.train_batches(_data_config(configs[0]))
+      batches = data.train_batches(_data_config(configs[0]))
     chunks = batch_chunks(batches, mesh, num_steps, program.steps_per_call)
   done = 0
   for images in chunks:
@@ -603,7 +603,7 @@ def run_grid(points: Sequence[ml_collections.ConfigDict], workdir: str | os.Path
           t0 = time.perf_counter()
           cached.clear()
           cached[key] = list(batch_chunks(
-              input_pipeline.train_batches(_data_config(configs[0])), mesh,
+              data.train_batches(_data_config(configs[0])), mesh,
               configs[0].total_steps, program.steps_per_call))
           timings['setup_s'] += time.perf_counter() - t0
         chunks = cached[key]

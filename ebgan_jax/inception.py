@@ -33,7 +33,7 @@ antialiasing, half-pixel centres as PyTorch's `align_corners=False`); the networ
 
 from __future__ import annotations
 
-import pathlib
+import io
 import pickle
 from typing import Any, Sequence
 
@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from ebgan_jax import input_pipeline, sample, scores
+from ebgan_jax import data, paths, sample, scores
 
 INPUT_SIZE = 299
 MIN_INPUT_SIZE = 75  # The smallest input the network's valid convolutions and pools accept.
@@ -186,35 +186,38 @@ class InceptionV3(nn.Module):
 
 
 def preprocess(images: jax.Array, size: int = INPUT_SIZE) -> jax.Array:
-  """Images [B, H, W, 3] in [-1, 1] (or uint8 in [0, 255]) -> float32 [B, size, size, 3].
+  """Images [B, H, W, 3 or 1] in [-1, 1] (or uint8 in [0, 255]) -> float32 [B, size, size, 3].
 
   Bilinear resize without antialiasing (PyTorch's `F.interpolate(..., mode='bilinear',
-  align_corners=False)`, as pytorch-fid), in [-1, 1].
+  align_corners=False)`, as pytorch-fid), in [-1, 1]. Grey images (the MNIST runs) are
+  repeated to three channels, as FIDs of grey digits usually are.
   """
   if images.dtype == jnp.uint8:
     images = images.astype(jnp.float32) / 127.5 - 1.0
   images = images.astype(jnp.float32)
+  if images.shape[-1] == 1:
+    images = jnp.repeat(images, 3, axis=-1)
   if images.shape[1:3] != (size, size):
     images = jax.image.resize(images, (images.shape[0], size, size, images.shape[-1]),
                               method='bilinear', antialias=False)
   return images
 
 
-def _read_flat(path: str | pathlib.Path) -> dict[str, np.ndarray]:
-  path = pathlib.Path(path)
+def _read_flat(path: paths.PathLike) -> dict[str, np.ndarray]:
+  path = paths.as_path(path)
   if not path.is_file():
     raise FileNotFoundError(
         f'Inception weights {str(path)!r} not found. FID needs pytorch-fid\'s '
         'pt_inception-2015-12-05-6726825d.pth converted to .npz (see ebgan_jax/inception.py); '
         'nothing is downloaded at run time.')
-  if path.suffix == '.npz':
-    with np.load(path) as data:
-      return {k: np.asarray(data[k]) for k in data.files}
-  with open(path, 'rb') as f:
+  with path.open('rb') as f:
+    if path.suffix == '.npz':
+      with np.load(f) as data:
+        return {k: np.asarray(data[k]) for k in data.files}
     return {k: np.asarray(v) for k, v in pickle.load(f).items()}
 
 
-def load_variables(path: str | pathlib.Path) -> dict[str, Any]:
+def load_variables(path: paths.PathLike) -> dict[str, Any]:
   """{'params', 'batch_stats'} of `InceptionV3` from a flat PyTorch-named .npz/.pkl file.
 
   Raises a ValueError naming the missing or misshapen weights when the file does not match.
@@ -264,7 +267,7 @@ def init_variables(seed: int = 0) -> dict[str, Any]:
   return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-def save_variables(variables: dict[str, Any], path: str | pathlib.Path) -> None:
+def save_variables(variables: dict[str, Any], path: paths.PathLike) -> None:
   """Writes `variables` as a PyTorch-named .npz (the inverse of `load_variables`)."""
   torch_names = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean',
                  'var': 'running_var'}
@@ -275,7 +278,9 @@ def save_variables(variables: dict[str, Any], path: str | pathlib.Path) -> None:
       if key_path[-1] == 'kernel':
         value = value.transpose(3, 2, 0, 1)
       flat['.'.join((*key_path[:-1], torch_names[key_path[-1]]))] = value
-  np.savez(path, **flat)
+  buffer = io.BytesIO()
+  np.savez(buffer, **flat)
+  paths.write_atomic(path, buffer.getvalue())
 
 
 class FeatureExtractor:
@@ -289,7 +294,7 @@ class FeatureExtractor:
     self._apply = jax.jit(lambda v, x: net.apply(v, preprocess(x, input_size)))
 
   @classmethod
-  def from_file(cls, path: str | pathlib.Path, **kwargs) -> 'FeatureExtractor':
+  def from_file(cls, path: paths.PathLike, **kwargs) -> 'FeatureExtractor':
     return cls(load_variables(path), **kwargs)
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -320,11 +325,12 @@ def fid(features1: np.ndarray, features2: np.ndarray) -> float:
     return float(scores.frechet_distance(*stats1, *stats2))
 
 
-def fid_of_run(workdir: str, weights: str = '', num: int = 10_000, seed: int = 0,
-               batch_size: int = 200) -> tuple[float, int]:
+def fid_of_run(workdir: paths.PathLike, weights: str = '', num: int = 10_000, seed: int = 0,
+               batch_size: int = 200, input_size: int = INPUT_SIZE) -> tuple[float, int]:
   """(FID of `num` generated images against `num` train images, the checkpoint's step).
 
-  `weights` defaults to the run's `config.inception_weights`.
+  `weights` defaults to the run's `config.inception_weights`. `input_size` other than 299
+  (the FID's) is for tests only.
   """
   trainer, state, restored_step = sample.load_generator(workdir)
   config = trainer.config
@@ -332,9 +338,9 @@ def fid_of_run(workdir: str, weights: str = '', num: int = 10_000, seed: int = 0
   if not weights:
     raise ValueError('No Inception weights: pass --weights=FILE.npz or set '
                      'config.inception_weights (see ebgan_jax/inception.py for the file).')
-  extractor = FeatureExtractor.from_file(weights, batch_size=batch_size)
+  extractor = FeatureExtractor.from_file(weights, batch_size=batch_size, input_size=input_size)
   fake = extractor(sample.generate_images(trainer, state, num, jax.random.key(seed)))
-  real_batches = input_pipeline.train_batches(config, process_index=0, process_count=1)
+  real_batches = data.train_batches(config, process_index=0, process_count=1)
   real, count = [], 0
   while count < num:
     batch = next(real_batches)

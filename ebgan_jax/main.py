@@ -10,7 +10,6 @@ from __future__ import annotations
 
 
 import jax
-import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -33,8 +32,6 @@ def main(argv):
   if FLAGS.config is None:
     raise app.UsageError('Pass --config=configs/FILE.py[:ARG], e.g. configs/mnist_fc.py:ebgan_pt')
   checkpoint.quiet_orbax_logs()
-  # tf.data only: keep TensorFlow off the accelerators JAX uses.
-  tf.config.set_visible_devices([], 'GPU')
   if FLAGS.distributed or FLAGS.coordinator_address:
     # Only the CPU client reads this. Set it unconditionally: asking for the backend
     # (jax.default_backend()) first would start XLA, and initialize() must come before that.

@@ -39,7 +39,7 @@ import optax
 import optax.losses
 from absl import logging
 
-from ebgan_jax import input_pipeline, losses, metric_writer, models, sample
+from ebgan_jax import data, losses, metric_writer, models, sample
 from ebgan_jax import sharding, ssl_data, step as step_lib, train as train_lib
 from ebgan_jax import workdir as workdir_lib
 from ebgan_jax.models import ladder
@@ -278,7 +278,7 @@ class SSLData:
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
-    images, labels = input_pipeline.split_arrays(config, 'train')  # [N, H, W, C], [N]
+    images, labels = data.split_arrays(config, 'train')  # [N, H, W, C], [N]
     self.labelled_idx = ssl_data.balanced_labelled_subset(
         labels, config.ssl.num_labelled, config.ssl.labelled_seed)  # [num_labelled]
     self.labelled_images = images[self.labelled_idx]
@@ -287,7 +287,7 @@ class SSLData:
       self.unlabelled_images = images
     else:
       self.unlabelled_images = np.delete(images, self.labelled_idx, axis=0)
-    self.test_images, self.test_labels = input_pipeline.split_arrays(config, 'test')
+    self.test_images, self.test_labels = data.split_arrays(config, 'test')
 
   def batch(self, step: int, mesh: jax.sharding.Mesh) -> tuple[LabelledBatch, jax.Array]:
     """The global (labelled, unlabelled) batches of `step`, sharded over `mesh`."""
@@ -304,7 +304,7 @@ class SSLData:
 
 def _process_slice(indices: np.ndarray) -> np.ndarray:
   """This process's contiguous part of a global batch's indices."""
-  local = input_pipeline.local_batch_size(len(indices), jax.process_count())
+  local = data.local_batch_size(len(indices), jax.process_count())
   return indices[jax.process_index() * local:(jax.process_index() + 1) * local]
 
 

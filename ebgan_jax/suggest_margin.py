@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from ebgan_jax import input_pipeline, losses, models, step
+from ebgan_jax import data, losses, models, step
 
 PERCENTILES = (5, 25, 50, 75, 95)
 
@@ -97,7 +97,7 @@ def fit_autoencoder(config: ml_collections.ConfigDict, *, max_steps: int = 5000,
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), new_stats, opt_state, loss
 
-  batches = iter(batches if batches is not None else input_pipeline.train_batches(config))
+  batches = iter(batches if batches is not None else data.train_batches(config))
   windows, plateaued, s = [], False, 0
   while s < max_steps and not plateaued:
     total = 0.0
@@ -134,7 +134,7 @@ def suggest_margin(config: ml_collections.ConfigDict, *, max_steps: int = 5000,
   """Fits D alone (App. E), then summarises the real test-split energies and suggests m."""
   variables, windows, plateaued, steps = fit_autoencoder(
       config, max_steps=max_steps, window=window, tolerance=tolerance)
-  images, _ = input_pipeline.split_arrays(config, 'test')
+  images, _ = data.split_arrays(config, 'test')
   if max_eval_images:
     images = images[:max_eval_images]
   energies = real_energies(config, variables, images)

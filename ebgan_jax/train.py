@@ -7,12 +7,13 @@ A long run must not lose work:
 - SIGTERM / SIGINT (a preempted VM) finish the current call (`steps_per_call` steps), save,
   and return;
 - a non-finite loss stops the run naming the step; no state after it is ever saved;
-- a workdir holding a run with another config is refused (`workdir.record_config`).
+- a workdir holding a run with another config is refused (`workdir.record_config`);
+- the config is checked before any work (`config_checks.validate`);
+- the workdir may be local or remote (`gs://...`): every file goes through `ebgan_jax.paths`.
 """
 
 from __future__ import annotations
 
-import pathlib
 import signal
 import time
 from typing import Any, Callable
@@ -23,7 +24,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ebgan_jax import checkpoint, input_pipeline, metric_writer, sample, sharding, step
+from ebgan_jax import checkpoint, config_checks, data, metric_writer, paths, sample
+from ebgan_jax import sharding, step
 from ebgan_jax import workdir as workdir_lib
 
 
@@ -88,7 +90,7 @@ def total_steps(config: ml_collections.ConfigDict) -> int:
   """`config.total_steps` if set, else `num_epochs` passes over the train split."""
   if config.total_steps > 0:
     return config.total_steps
-  return config.num_epochs * input_pipeline.steps_per_epoch(config)
+  return config.num_epochs * data.steps_per_epoch(config)
 
 
 def call_length(start: int, num_steps: int, steps_per_call: int,
@@ -140,7 +142,7 @@ class MetricsBuffer:
 
 
 def init_or_restore(create_state: Callable[[jax.Array], Any],
-                    config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                    config: ml_collections.ConfigDict, workdir: paths.PathLike,
                     mesh: jax.sharding.Mesh):
   """The run's state, restored from its newest good checkpoint or freshly initialised.
 
@@ -151,7 +153,7 @@ def init_or_restore(create_state: Callable[[jax.Array], Any],
   """
   init_key, train_key, sample_key = jax.random.split(jax.random.key(config.seed), 3)
   state = jax.jit(create_state, out_shardings=sharding.replicated(mesh))(init_key)
-  ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', config.keep_checkpoints)
+  ckpt = checkpoint.Checkpointer(paths.as_path(workdir) / 'checkpoints', config.keep_checkpoints)
   state, restored = ckpt.restore_latest(state)
   start = 0 if restored is None else int(state.step)
   if restored is not None:
@@ -159,9 +161,13 @@ def init_or_restore(create_state: Callable[[jax.Array], Any],
   return state, start, ckpt, train_key, sample_key
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step.TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLike
+                       ) -> step.TrainState:
   """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the state."""
-  workdir = pathlib.Path(workdir)
+  config_checks.validate(config, driver='main', process_count=jax.process_count(),
+                         device_count=jax.device_count(),
+                         known_datasets=data.known_datasets())
+  workdir = paths.as_path(workdir)
   workdir_lib.record_config(workdir, config, write=jax.process_index() == 0)
   num_steps = total_steps(config)
   mesh = sharding.make_mesh()
@@ -171,12 +177,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step.
       trainer.create_state, config, workdir, mesh)
 
   steps_per_call = config.get('steps_per_call', 1)
-  if steps_per_call < 1:
-    raise ValueError(f'config.steps_per_call must be >= 1, got {steps_per_call}.')
   train_step = step.jit_train_step(trainer, mesh)
   train_steps = step.jit_train_steps(trainer, mesh) if steps_per_call > 1 else None
   cadences = (config.log_every_steps, config.checkpoint_every_steps, config.sample_every_steps)
-  batches = input_pipeline.train_batches(config, start_step=start)
+  batches = data.train_batches(config, start_step=start)
   sample_z = trainer.sample_latents(sample_key, config.num_sample_images)
   generate = jax.jit(trainer.generate)
   writer = metric_writer.MetricWriter(workdir / 'logs')

@@ -25,7 +25,6 @@ import importlib.util
 import json
 import logging as std_logging
 
-import tensorflow as tf
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -73,7 +72,6 @@ def main(argv):
   if FLAGS.config is None:
     raise app.UsageError('Pass --config=configs/mnist_grid.py:VARIANT')
   std_logging.getLogger('absl').setLevel(std_logging.WARNING)
-  tf.config.set_visible_devices([], 'GPU')  # tf.data only.
   if FLAGS.compilation_cache_dir:
     grid.enable_compilation_cache(FLAGS.compilation_cache_dir)
   num_shards, shard_index = grid.shard_from_env(FLAGS.num_shards, FLAGS.shard_index)

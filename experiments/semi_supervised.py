@@ -26,7 +26,6 @@ import pathlib
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -156,7 +155,6 @@ def main(argv):
     raise app.UsageError('This experiment trains configs/mnist_ssl.py configs; use '
                          'ebgan_jax.main for the GAN configs.')
   checkpoint.quiet_orbax_logs()
-  tf.config.set_visible_devices([], 'GPU')  # tf.data only.
   workdir = pathlib.Path(FLAGS.workdir)
   if FLAGS.seeds <= 0:
     _, results = semi_supervised.train_and_evaluate(FLAGS.config, workdir)

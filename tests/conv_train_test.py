@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ebgan_jax import checkpoint, inception, input_pipeline, sharding, step, train
+from ebgan_jax import checkpoint, inception, sharding, step, train
+from ebgan_jax.data import tfds_pipeline as input_pipeline
 
 MOCK_EXAMPLES = 8
 

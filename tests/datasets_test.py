@@ -1,4 +1,4 @@
-"""Tests of the natural-image datasets of ebgan_jax.input_pipeline on `tfds.testing.mock_data`.
+"""Tests of the tfds datasets of ebgan_jax.data.tfds_pipeline on `tfds.testing.mock_data`.
 
 celeb_a, lsun/bedroom (whole and App. F patches), imagenet2012 and its dog-breed subset, and
 an image folder: batch shapes and ranges, the centre crop by hand, the 118 dog classes, the
@@ -14,7 +14,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from configs import common
-from ebgan_jax import input_pipeline
+from ebgan_jax.data import tfds_pipeline as input_pipeline
 
 MOCK_EXAMPLES = 12
 
@@ -178,3 +178,29 @@ def test_empty_folder_raises(tmp_path):
   config = _config('', image_folder=str(tmp_path))
   with pytest.raises(ValueError, match='No JPEG or PNG'):
     input_pipeline.num_examples(config)
+
+
+# -- MNIST through tfds ------------------------------------------------------------------------
+
+@pytest.mark.parametrize('image_size', [32, 28])
+def test_mock_data_mnist_batches(tfds_data_dir, image_size):
+  config = common.base_config()
+  config.update(dataset='mnist', tfds_data_dir=tfds_data_dir, image_size=image_size,
+                batch_size=64)
+  with tfds.testing.mock_data(num_examples=128):
+    assert input_pipeline.steps_per_epoch(config, process_count=1) == 2  # 128 // 64
+    batches = _first_batches(config, 3)
+  for batch in batches:
+    chex.assert_shape(batch, (64, image_size, image_size, 1))
+    assert batch.dtype == np.float32
+    assert batch.min() >= -1.0 and batch.max() <= 1.0
+  if image_size == 32:
+    assert np.all(batches[0][:, :2] == -1.0) and np.all(batches[0][:, :, -2:] == -1.0)
+
+
+def test_unknown_dataset_names_valid_choices(tfds_data_dir):
+  config = _config(tfds_data_dir, dataset='imagenet_typo')
+  with pytest.raises(ValueError, match='imagenet_typo') as info:
+    input_pipeline.get_builder(config)
+  for name in ('mnist', 'fashion_mnist', 'celeb_a'):
+    assert repr(name) in str(info.value)

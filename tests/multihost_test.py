@@ -3,7 +3,7 @@
 The two processes train, checkpoint, are started again (resuming from the checkpoint) and
 train further. The result must equal one process trained on the same global batches, i.e.
 [process 0's local batch; process 1's local batch] at every step, built here directly from
-`input_pipeline.train_batches` and `step.jit_train_step` on a 1-device mesh. A second test
+`data.train_batches` and `step.jit_train_step` on a 1-device mesh. A second test
 does the same (without the restart) for a tiny deep convolutional config (Sec. 4.3, App. C),
 whose BatchNorm statistics over the global batch span the two processes.
 """
@@ -22,7 +22,7 @@ import pytest
 
 import tensorflow as tf
 
-from ebgan_jax import checkpoint, input_pipeline, sharding, step
+from ebgan_jax import checkpoint, data, sharding, step
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_PROCESSES = 2
@@ -112,7 +112,7 @@ def single_process_reference(config, num_steps):
   init_key, train_key, _ = jax.random.split(jax.random.key(config.seed), 3)
   state = jax.jit(trainer.create_state, out_shardings=sharding.replicated(mesh))(init_key)
   train_step = step.jit_train_step(trainer, mesh)
-  shards = [input_pipeline.train_batches(config, process_index=i, process_count=NUM_PROCESSES)
+  shards = [data.train_batches(config, process_index=i, process_count=NUM_PROCESSES)
             for i in range(NUM_PROCESSES)]
   for _ in range(num_steps):
     local = [next(s) for s in shards]  # each [B / 2, H, W, C]

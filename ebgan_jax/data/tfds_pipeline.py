@@ -1,4 +1,7 @@
-"""tfds split -> tf.data -> host-local numpy batches, NHWC float32 in [-1, 1].
+"""tfds datasets and image folders: tfds split -> tf.data -> host-local numpy batches.
+
+The tf.data path of `ebgan_jax.data` (imported only when a config needs it: the in-memory
+datasets never import TensorFlow). Batches are NHWC float32 in [-1, 1].
 
 Each process reads its own shard (`ds.shard(process_count, process_index)`) and yields
 `batch_size // process_count` images per step; `sharding.global_batch` stitches the hosts'
@@ -27,15 +30,13 @@ import functools
 import pathlib
 from typing import Callable, Iterator
 
-import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ebgan_jax import idx_dataset
-
-EMBEDDED = 'mnist_10k'
+# tf.data only: keep TensorFlow off the accelerators JAX uses.
+tf.config.set_visible_devices([], 'GPU')
 
 
 def _mnist_like(config: ml_collections.ConfigDict) -> Callable[[dict], tf.Tensor]:
@@ -95,7 +96,6 @@ def _natural_image(config: ml_collections.ConfigDict) -> Callable[[dict], tf.Ten
 
 # Datasets by name -> a function of the config returning the per-example preprocessing.
 PREPROCESSORS: dict[str, Callable[[ml_collections.ConfigDict], Callable[[dict], tf.Tensor]]] = {
-    EMBEDDED: _mnist_like,
     'mnist': _mnist_like,
     'fashion_mnist': _mnist_like,
     'celeb_a': _natural_image,       # Sec. 4.3: aligned CelebA, 178x218 faces.
@@ -142,10 +142,8 @@ FOLDER_PREFIX = 'folder:'
 
 
 def _dataset_name(config: ml_collections.ConfigDict) -> str:
-  """The registry key: 'folder' for an image folder, EMBEDDED for an IDX folder, else dataset."""
-  if _image_folder(config):
-    return 'folder'
-  return EMBEDDED if config.data_dir else config.dataset
+  """The registry key: 'folder' for an image folder, else the dataset."""
+  return 'folder' if _image_folder(config) else config.dataset
 
 
 def _image_folder(config: ml_collections.ConfigDict) -> str:
@@ -156,23 +154,29 @@ def _image_folder(config: ml_collections.ConfigDict) -> str:
 
 
 def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  """The prepared tfds builder for `config.data_dir` (an IDX folder) or `config.dataset`."""
+  """The prepared tfds builder of `config.dataset`."""
   tfds_dir = config.get('tfds_data_dir') or None
-  if config.data_dir:
-    return idx_dataset.idx_builder(config.data_dir, tfds_dir)
-  if config.dataset == EMBEDDED:
-    return idx_dataset.idx_builder(idx_dataset.EMBEDDED_MNIST_DIR, tfds_dir)
   if config.dataset not in PREPROCESSORS or config.dataset == 'folder':
     raise ValueError(
         f'Unknown dataset {config.dataset!r}. Use one of '
         f'{sorted(set(PREPROCESSORS) - {"folder"})} (--config.dataset=NAME), a folder of '
-        'MNIST-format IDX files (--config.data_dir=PATH), or a folder of JPEG/PNG images '
-        f'(--config.image_folder=PATH or --config.dataset={FOLDER_PREFIX}PATH).')
+        'MNIST-format IDX files or an .npz file (--config.data_dir=PATH), or a folder of '
+        f'JPEG/PNG images (--config.image_folder=PATH or --config.dataset={FOLDER_PREFIX}PATH).')
   name = LABEL_SUBSETS[config.dataset][0] if config.dataset in LABEL_SUBSETS else config.dataset
   builder = tfds.builder(name, data_dir=tfds_dir)
-  # A no-op once prepared; downloads when online. ImageNet needs its manual download (tfds's
-  # imagenet2012 page says where to put the tar files).
-  builder.download_and_prepare()
+  # A no-op once prepared; downloads when online. ImageNet needs its manual download.
+  try:
+    builder.download_and_prepare()
+  except AssertionError as e:
+    if 'Manual directory' not in str(e):
+      raise
+    manual = pathlib.Path(builder.data_dir).parents[1] / 'downloads' / 'manual'
+    raise FileNotFoundError(
+        f'{name} needs its manual download: put the files its tfds page names (for '
+        'imagenet2012: ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar, from '
+        f'https://image-net.org/download-images after registering) in {manual}, or in '
+        'DIR/downloads/manual and pass --config.tfds_data_dir=DIR. The first run then '
+        'prepares the dataset (hours for ImageNet).') from e
   return builder
 
 
@@ -274,16 +278,15 @@ def num_examples(config: ml_collections.ConfigDict, split: str = 'train') -> int
   folder = _image_folder(config)
   if folder:
     return len(_folder_files(folder))
-  if config.dataset in LABEL_SUBSETS and not config.data_dir:
+  if config.dataset in LABEL_SUBSETS:
     if split == 'train' and config.get('num_train_examples', 0):
       return config.num_train_examples
     return _count_subset(config.dataset, config.get('tfds_data_dir') or '', split)
   return _split_size(get_builder(config), split)
 
 
-def steps_per_epoch(config: ml_collections.ConfigDict, process_count: int | None = None) -> int:
+def steps_per_epoch(config: ml_collections.ConfigDict, process_count: int = 1) -> int:
   """Steps in one pass over the train split (every process takes the same number)."""
-  process_count = process_count or jax.process_count()
   local_batch = local_batch_size(config.batch_size, process_count)
   steps = (num_examples(config) // process_count) // local_batch
   if steps == 0:
@@ -320,20 +323,17 @@ def _random_crop(config: ml_collections.ConfigDict
 
 
 def train_batches(config: ml_collections.ConfigDict, *, start_step: int = 0,
-                  process_index: int | None = None,
-                  process_count: int | None = None) -> Iterator[np.ndarray]:
+                  process_index: int = 0, process_count: int = 1) -> Iterator[np.ndarray]:
   """Endless host-local train batches [batch_size // process_count, H, W, C], from `start_step`.
 
   Args:
     config: the experiment config (dataset, image size, batch size, seed).
     start_step: the global step of the first batch; earlier batches are skipped, so a resumed
       run continues the same data order.
-    process_index, process_count: this host's shard; default to JAX's.
+    process_index, process_count: this host's shard.
   Yields:
     float32 numpy arrays in [-1, 1].
   """
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = process_count or jax.process_count()
   local_batch = local_batch_size(config.batch_size, process_count)
   per_epoch = steps_per_epoch(config, process_count)
   examples_per_epoch = per_epoch * local_batch
