@@ -7,14 +7,14 @@ writes `images` (uint8 [N, H, W, C]) to FILE.npz.
 
 from __future__ import annotations
 
+import io
 import math
-import pathlib
 
 import jax
 import numpy as np
 from absl import app, flags
 
-from ebgan_jax import checkpoint, step, workdir as workdir_lib
+from ebgan_jax import checkpoint, paths, step, workdir as workdir_lib
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -35,12 +35,16 @@ def image_grid(images: np.ndarray, num_cols: int | None = None, pad: int = 1) ->
   return grid
 
 
-def load_generator(workdir: str) -> tuple[step.Trainer, step.TrainState, int]:
-  """The run's trainer and its latest restorable state (raises if there is no checkpoint)."""
+def load_generator(workdir: paths.PathLike) -> tuple[step.Trainer, step.TrainState, int]:
+  """The run's trainer and its latest restorable state (raises if there is no checkpoint).
+
+  The state is restored onto this process's devices, whatever the device count the run
+  was trained on (`checkpoint.Checkpointer.restore`).
+  """
   config = workdir_lib.load_config(workdir)
   trainer = step.Trainer(config)
   target = jax.eval_shape(trainer.create_state, jax.random.key(0))
-  ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / 'checkpoints')
+  ckpt = checkpoint.Checkpointer(paths.as_path(workdir) / 'checkpoints')
   try:
     state, restored_step = ckpt.restore_latest(target)
   finally:
@@ -67,9 +71,10 @@ def main(argv):
   del argv
   trainer, state, restored_step = load_generator(FLAGS.workdir)
   images = generate_images(trainer, state, FLAGS.num, jax.random.key(FLAGS.seed))
-  out = pathlib.Path(FLAGS.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  np.savez_compressed(out, images=images)
+  out = paths.as_path(FLAGS.out)
+  buffer = io.BytesIO()
+  np.savez_compressed(buffer, images=images)
+  paths.write_atomic(out, buffer.getvalue())
   print(f'Wrote {len(images)} images {images.shape[1:]} from step {restored_step} to {out}')
 
 

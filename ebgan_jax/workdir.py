@@ -7,11 +7,11 @@ Layout: `config.json` (the config the run started with), `checkpoints/`, `logs/`
 from __future__ import annotations
 
 import json
-import os
-import pathlib
 from typing import Any
 
 import ml_collections
+
+from ebgan_jax import paths
 
 CONFIG_FILE = 'config.json'
 # Fields that may change when a run is resumed: they set how long, how fast and how verbosely
@@ -41,23 +41,23 @@ def _flatten(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
   return flat
 
 
-def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+def load_config(workdir: paths.PathLike) -> ml_collections.ConfigDict:
   """The config a run in `workdir` was started with."""
-  path = pathlib.Path(workdir) / CONFIG_FILE
+  path = paths.as_path(workdir) / CONFIG_FILE
   if not path.exists():
     raise FileNotFoundError(f'{path} not found: {workdir} does not hold an ebgan_jax run. '
                             'Train one first with python -m ebgan_jax.main --workdir=...')
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def record_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
+def record_config(workdir: paths.PathLike, config: ml_collections.ConfigDict,
                   write: bool = True) -> None:
   """Writes config.json for a new run, or checks that `config` matches the recorded one.
 
   Raises:
     ConfigMismatchError: naming the differing fields, when the workdir holds another run.
   """
-  path = pathlib.Path(workdir) / CONFIG_FILE
+  path = paths.as_path(workdir) / CONFIG_FILE
   new = json.loads(config.to_json())
   if path.exists():
     old = {**ADDED_FIELDS, **_flatten(json.loads(path.read_text()))}
@@ -72,7 +72,4 @@ def record_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
           f'{workdir} holds a run with a different config ({details}). Resuming would mix two '
           'runs: pass a new --workdir, or the same config to resume this run.')
   if write:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix('.tmp')
-    tmp.write_text(json.dumps(new, indent=2, sort_keys=True))
-    tmp.replace(path)
+    paths.write_atomic(path, json.dumps(new, indent=2, sort_keys=True))

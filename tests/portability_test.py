@@ -1,0 +1,142 @@
+"""A run trained on one device count is resumed, sampled, scored and FID'd on another.
+
+The test process has 2 (faked) CPU devices; a subprocess of this file has 1. Each direction
+trains a tiny fully-connected EBGAN-PT (`ebgan_jax.main`'s loop) and a tiny Ladder (the
+semi-supervised driver's loop) on one side, then on the other side: resumes both, samples,
+scores with the offline classifier (`ebgan_jax.evaluate`) and computes an Inception FID
+(`ebgan_jax.inception`, random weights at a small input size). The checkpoints written by
+the first side are untouched afterwards (nothing moved aside, no byte changed).
+
+Before this change a checkpoint saved on 2 devices failed on 1 with orbax's "Topology
+mismatch", was taken for damage and moved aside.
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FIRST_STEPS, MORE_STEPS = 4, 6
+
+
+def _configs(root: pathlib.Path, steps: int):
+  from configs import mnist_fc, mnist_ssl  # pylint: disable=g-import-not-at-top
+  gan = mnist_fc.get_config('ebgan_pt')
+  gan.model.size_g = gan.model.size_d = 32
+  gan.model.n_layer_g = 2
+  gan.batch_size, gan.total_steps, gan.steps_per_call = 8, steps, 1
+  gan.log_every_steps = gan.checkpoint_every_steps = gan.sample_every_steps = 2
+  gan.num_sample_images = 4
+  gan.tfds_data_dir = str(root.parent / 'tfds')
+  ssl = mnist_ssl.get_config('ladder,runlocal')
+  ssl.model.ladder_widths = (32, 16, 10)
+  ssl.total_steps = steps
+  ssl.log_every_steps = ssl.checkpoint_every_steps = ssl.sample_every_steps = 2
+  ssl.batch_size = ssl.ssl.labelled_batch_size = 8
+  ssl.ssl.num_labelled = 20
+  ssl.tfds_data_dir = str(root.parent / 'tfds')
+  return gan, ssl
+
+
+def train_first(root: pathlib.Path) -> None:
+  """Trains both runs for FIRST_STEPS; writes a random classifier and Inception weights."""
+  from ebgan_jax import classifier, inception, semi_supervised, train  # pylint: disable=g-import-not-at-top
+  gan, ssl = _configs(root, FIRST_STEPS)
+  train.train_and_evaluate(gan, root / 'gan')
+  semi_supervised.train_and_evaluate(ssl, root / 'ssl')
+  classifier.save_classifier(root / 'classifier', classifier.init_params(jax.random.key(1)),
+                             {'test_accuracy': 0.1})
+  inception.save_variables(inception.init_variables(), root / 'inception.npz')
+
+
+def use_elsewhere(root: pathlib.Path) -> dict:
+  """Resumes, samples, scores and FIDs the runs of `train_first`; returns what it saw."""
+  from ebgan_jax import evaluate, inception, sample, semi_supervised, train  # pylint: disable=g-import-not-at-top
+  trainer, state, step = sample.load_generator(root / 'gan')
+  images = sample.generate_images(trainer, state, 6, jax.random.key(0))
+  scores = evaluate.evaluate_workdir(root / 'gan', root / 'classifier', num_samples=20)
+  fid, fid_step = inception.fid_of_run(root / 'gan', str(root / 'inception.npz'), num=8,
+                                       batch_size=8, input_size=inception.MIN_INPUT_SIZE)
+  gan, ssl = _configs(root, MORE_STEPS)
+  gan_state = train.train_and_evaluate(gan, root / 'gan')
+  ssl_state, ssl_results = semi_supervised.train_and_evaluate(ssl, root / 'ssl')
+  return dict(device_count=jax.device_count(), sample_step=step,
+              sample_shape=list(images.shape), eval_step=scores['step'],
+              i_prime=scores['i_prime'], fid=fid, fid_step=fid_step,
+              gan_step=int(gan_state.step), ssl_step=int(ssl_state.step),
+              ssl_test_error=ssl_results['test_error'])
+
+
+def _digest(folder: pathlib.Path) -> dict[str, str]:
+  return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+          for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+def _first_checkpoints(root: pathlib.Path) -> dict[str, str]:
+  out = {}
+  for run in ('gan', 'ssl'):
+    for step in (2, 4):
+      out |= {f'{run}/{step}/{k}': v
+              for k, v in _digest(root / run / 'checkpoints' / str(step)).items()}
+  return out
+
+
+def _logged_steps(root: pathlib.Path, run: str) -> list[int]:
+  lines = (root / run / 'logs' / 'metrics.jsonl').read_text().splitlines()
+  return sorted({json.loads(line)['step'] for line in lines if 'train/d_loss' in line})
+
+
+def _subprocess(use: pathlib.Path, train: pathlib.Path) -> dict:
+  """Runs this file with 1 device: `use_elsewhere(use)`, then `train_first(train)`."""
+  env = {**os.environ, 'PYTHONPATH': str(REPO), 'TF_CPP_MIN_LOG_LEVEL': '2',
+         'XLA_FLAGS': '--xla_force_host_platform_device_count=1',
+         'JAX_DISABLE_MOST_OPTIMIZATIONS': 'true', 'CUDA_VISIBLE_DEVICES': ''}
+  result = subprocess.run([sys.executable, __file__, str(use), str(train)], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=900, check=False)
+  assert result.returncode == 0, result.stderr[-4000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _check(root: pathlib.Path, seen: dict, before: dict[str, str], devices: int) -> None:
+  assert seen['device_count'] == devices
+  assert seen['sample_step'] == seen['eval_step'] == seen['fid_step'] == FIRST_STEPS
+  assert seen['sample_shape'] == [6, 32, 32, 1]
+  assert np.isfinite(seen['i_prime']) and np.isfinite(seen['fid'])
+  # Resumed, not restarted: the steps logged once each, and the first checkpoints intact.
+  assert seen['gan_step'] == seen['ssl_step'] == MORE_STEPS
+  assert _logged_steps(root, 'gan') == [2, 4, 6]
+  assert _first_checkpoints(root) == before
+  for run in ('gan', 'ssl'):
+    names = sorted(p.name for p in (root / run / 'checkpoints').iterdir())
+    assert names == ['2', '4', '6'], names
+
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures('fast_compiles_module')]
+
+
+def test_two_devices_to_one_and_one_to_two(tmp_path):
+  """One subprocess (1 device) uses the runs trained here (2 devices), then trains its own,
+  which this process then uses: both directions for the cost of one process start."""
+  here, there = tmp_path / 'from_2', tmp_path / 'from_1'
+  train_first(here)
+  before = _first_checkpoints(here)
+  seen = _subprocess(here, there)
+  _check(here, seen, before, devices=1)
+  before = _first_checkpoints(there)
+  _check(there, use_elsewhere(there), before, devices=2)
+
+
+if __name__ == '__main__':
+  sys.path.insert(0, str(REPO))
+  from ebgan_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  checkpoint.quiet_orbax_logs()
+  observed = use_elsewhere(pathlib.Path(sys.argv[1]))
+  train_first(pathlib.Path(sys.argv[2]))
+  print(json.dumps(observed))
