@@ -97,6 +97,25 @@ def base_config() -> ml_collections.ConfigDict:
   config.sample_every_steps = 1000
   config.keep_checkpoints = 3
   config.num_sample_images = 64
+
+  # Scores while training (ebgan_jax.evaluator), every `eval_every_steps` (0: never), from
+  # `eval.num_samples` generated images drawn from one fixed key: with App. C's offline
+  # classifier on MNIST-like data, with the FID Inception network when `inception_weights`
+  # is set on the others. Beyond the paper, which scores once at the end.
+  config.eval_every_steps = 0
+  config.eval = ml_collections.ConfigDict()
+  config.eval.num_samples = 10000
+  config.eval.batch_size = 500           # Images generated per call.
+  # The offline classifier (App. C): trained once per dataset and these settings, and kept in
+  # a cache shared by every run ('' = $EBGAN_JAX_CACHE or ~/.cache/ebgan_jax; may be gs://).
+  config.eval.classifier_epochs = 5
+  config.eval.classifier_batch_size = 128
+  config.eval.classifier_train_examples = 0  # 0: the whole train split (App. C).
+  config.eval.classifier_seed = 0
+  config.eval.classifier_cache_dir = ''
+  # Keep the checkpoint with the best value of this score beside the newest ones ('' = no),
+  # e.g. 'eval/classifier_fid' (lower is better; I', IS, precision, recall: higher).
+  config.eval.best_metric = ''
   return config
 
 
@@ -154,6 +173,10 @@ def conv_config(arg: ml_collections.ConfigDict, *, dataset: str, family: str, im
   config.log_every_steps = 100
   config.checkpoint_every_steps = 2000
   config.sample_every_steps = 2000
+  # FID and KID every 2,000 steps when --config.inception_weights is set; the best FID's
+  # checkpoint is kept (beyond the paper, which judges these by eye and the inception score).
+  config.eval_every_steps = 2000
+  config.eval.best_metric = 'eval/fid'
   if arg.tiny:
     model.width_mult = tiny_width_mult
     model.dtype = 'float32'

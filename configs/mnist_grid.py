@@ -93,13 +93,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # own step; XLA:CPU's batched matmuls are slow) and 'vmap' on a GPU/TPU (ebgan_jax.population).
   config.grid.population_strategy = 'auto'
 
-  config.eval = ml_collections.ConfigDict()
+  # Each run is scored once, at the end of its budget (config.eval, common.py's defaults).
   config.eval.num_samples = 10000       # Generated digits per score (the paper does not say).
-  config.eval.batch_size = 500
-  config.eval.classifier_epochs = 5     # Offline classifier: passes over the train split.
-  config.eval.classifier_batch_size = 128
-  config.eval.classifier_train_examples = 0  # 0: the whole train split (App. C).
-  config.eval.classifier_seed = 0
 
   if arg.variant == 'smoke':
     config.batch_size = 16

@@ -31,12 +31,13 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ebgan_jax import paths, sharding
+from ebgan_jax import paths, scores as scores_lib, sharding
 
 # Key of this module's record in a step's custom metadata (orbax's _CHECKPOINT_METADATA).
 METADATA_KEY = 'ebgan_jax'
@@ -57,10 +58,14 @@ class CheckpointCorruptError(IOError):
 
 
 class _OrbaxInfoFilter(std_logging.Filter):
-  """Drops INFO lines of orbax (one per file it opens or closes); keeps its warnings."""
+  """Drops INFO lines of orbax (one per file it opens or closes) and its warning that a save
+  without scores cannot be ranked (our saves between evaluations); keeps its other warnings."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+    if '/orbax/' not in record.pathname:
+      return True
+    return record.levelno >= std_logging.WARNING and 'did not provide metrics' not in str(
+        record.msg)
 
 
 def quiet_orbax_logs() -> None:
@@ -180,20 +185,38 @@ class Checkpointer:
   """Saves and restores one pytree per step under `directory` (local or remote)."""
 
   def __init__(self, directory: paths.PathLike, keep: int = 3,
-               retry_delays: Sequence[float] = _RETRY_DELAYS_S):
+               retry_delays: Sequence[float] = _RETRY_DELAYS_S, best_metric: str = '',
+               lower_is_better: bool = True):
     """Args:
       directory: the checkpoints folder (e.g. WORKDIR/checkpoints or gs://bucket/run/...).
       keep: how many of the newest checkpoints to keep (older ones are deleted by orbax).
       retry_delays: seconds to wait before each retry of a restore that failed for a reason
         other than damage or mismatch.
+      best_metric: when set (e.g. 'eval/classifier_fid'), the checkpoint with the best value
+        among the scores passed to `save` is kept too, beside the `keep` newest (orbax's
+        `BestN` preservation policy; the scores live in each step's folder, so the choice
+        survives a restart). A NaN score counts as the worst.
+      lower_is_better: the direction of `best_metric`.
     """
     if keep < 1:
       raise ValueError(f'Keep at least one checkpoint (config.keep_checkpoints={keep}).')
     self.directory = paths.as_path(directory)
-    self._keep = keep
     self._retry_delays = tuple(retry_delays)
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=True)
+    self.best_metric = best_metric
+    policy = ocp.checkpoint_managers.LatestN(keep)
+    best = {}
+    if best_metric:
+      worst = float('inf') if lower_is_better else float('-inf')
+
+      def metric(scores: dict[str, float]) -> float:
+        value = float((scores or {}).get(best_metric, float('nan')))
+        return value if np.isfinite(value) else worst
+
+      policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+          policy, ocp.checkpoint_managers.BestN(get_metric_fn=metric, reverse=lower_is_better,
+                                                n=1, keep_checkpoints_without_metrics=False)])
+      best = dict(best_fn=metric, best_mode='min' if lower_is_better else 'max')
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True, **best)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_handlers=ocp.StandardCheckpointHandler())
 
@@ -203,12 +226,20 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any) -> None:
-    """Saves `state` as `step` (a no-op if that step is already saved) and waits for it."""
+  def best_step(self) -> int | None:
+    """The step whose saved scores are best by `best_metric` (None without any)."""
+    return self._manager.best_step() if self.best_metric else None
+
+  def save(self, step: int, state: Any, scores: dict[str, float] | None = None) -> None:
+    """Saves `state` as `step` (a no-op if that step is already saved) and waits for it.
+
+    `scores` (e.g. {'eval/classifier_fid': 3.2}) rank the checkpoint for `best_metric`.
+    """
     if step in self._manager.all_steps():
       return
     record = {'format': 1, 'leaves': fingerprint(state)}
     self._manager.save(step, args=ocp.args.StandardSave(state),
+                       metrics=dict(scores) if scores and self.best_metric else None,
                        custom_metadata={METADATA_KEY: record})
     self._manager.wait_until_finished()
 
@@ -320,3 +351,13 @@ class Checkpointer:
     self._manager.wait_until_finished()
     self._manager.close()
 
+
+
+def for_run(config: ml_collections.ConfigDict, workdir: paths.PathLike) -> Checkpointer:
+  """The Checkpointer of the run in `workdir`: `config.keep_checkpoints` newest, and the best
+  by `config.eval.best_metric` when the run is scored while it trains."""
+  best = config.eval.get('best_metric', '') if 'eval' in config else ''
+  if not config.get('eval_every_steps', 0):
+    best = ''
+  return Checkpointer(paths.as_path(workdir) / 'checkpoints', config.get('keep_checkpoints', 3),
+                      best_metric=best, lower_is_better=scores_lib.lower_is_better(best))

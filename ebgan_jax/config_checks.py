@@ -112,8 +112,9 @@ def validate(config: ml_collections.ConfigDict, *, driver: str = 'main',
   if not (config.get('total_steps', 0) or 0) > 0 and 'num_epochs' in config:
     c.number('num_epochs', 0, low_open=True, integer=True)
   for field in ('log_every_steps', 'checkpoint_every_steps', 'sample_every_steps',
-                'eval_every_steps', 'steps_per_call', 'keep_checkpoints', 'num_sample_images'):
+                'steps_per_call', 'keep_checkpoints', 'num_sample_images'):
     c.number(field, 1, integer=True)
+  c.number('eval_every_steps', 0, integer=True)  # 0: no scores while training.
 
   # Data.
   devices = max(device_count, process_count)
@@ -179,6 +180,12 @@ def validate(config: ml_collections.ConfigDict, *, driver: str = 'main',
                 'eval.classifier_batch_size'):
     c.number(field, 1, integer=True)
   c.number('eval.classifier_train_examples', 0, integer=True)
+  best = _get(config, 'eval.best_metric')
+  if best:
+    from ebgan_jax import evaluate  # pylint: disable=g-import-not-at-top
+    names = {f'eval/{k}' for k in (*evaluate.FLOAT_SCORES, 'fid', 'modes_covered')}
+    c.check('eval.best_metric', lambda v: v in names,
+            f"must be '' or one of {sorted(names)}")
   c.number('grid.seeds', 1, integer=True)
   c.number('grid.max_population', 0, integer=True)
   c.number('grid.steps_per_call', 1, integer=True)

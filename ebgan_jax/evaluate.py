@@ -1,11 +1,15 @@
-"""Scores of generated digits with App. C's offline classifier: I', IS, classifier FID, modes.
+"""Scores of generated digits with App. C's offline classifier, and the evaluation CLI.
 
-  python -m ebgan_jax.evaluate --workdir=DIR [--classifier_dir=DIR] [--num_samples=N]
+  python -m ebgan_jax.evaluate --workdir=DIR --checkpoint=latest|best|STEP [--num_samples=N]
+  python -m ebgan_jax.evaluate --workdir=A --workdir=B ... [--out=comparison.png]
 
-scores a run trained by `ebgan_jax.main`: it draws N digits from the run's latest checkpoint,
-and writes I' (Sec. 4.1 / App. C), the inception score, the Frechet distance in the
-classifier's feature space against the test split, and the class histogram to
-`DIR/eval.json` and to TensorBoard (`eval/...` keys in `DIR/logs`).
+The first scores one checkpoint of a run trained by `ebgan_jax.main` and writes the scores
+to `DIR/eval.json` and TensorBoard (`eval/...` in `DIR/logs`); the second prints one
+Markdown table of every run's scores at its best and latest checkpoints (`ebgan_jax.compare`)
+and writes their sample grids side by side to a PNG. The scores (`score_images`): I'
+(Sec. 4.1 / App. C), the inception score, the Frechet distance and KID in the classifier's
+feature space against the test split, precision and recall there, and the class histogram;
+on natural images, Inception FID and KID (`ebgan_jax.evaluator`).
 
 The classifier ("a regular 3-layer ConvNet trained off-line using the entire MNIST training
 set", App. C) is trained once per dataset and cached (`get_classifier`): the first caller
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import time
@@ -34,7 +39,12 @@ from ebgan_jax import classifier, data, metric_writer, paths, sample, scores
 NUM_CLASSES = 10
 # Used when a config has no `eval` block (e.g. configs/mnist_fc.py runs).
 EVAL_DEFAULTS = dict(num_samples=10000, batch_size=500, classifier_epochs=5,
-                     classifier_batch_size=128, classifier_train_examples=0, classifier_seed=0)
+                     classifier_batch_size=128, classifier_train_examples=0, classifier_seed=0,
+                     classifier_cache_dir='', best_metric='')
+# Where trained classifiers are kept when config.eval.classifier_cache_dir is '' (or
+# $EBGAN_JAX_CACHE is set): one per dataset and training settings, shared by every run.
+DEFAULT_CACHE = '~/.cache/ebgan_jax'
+
 EVAL_FILE = 'eval.json'
 
 
@@ -102,10 +112,15 @@ class Reference:
   sigma: jax.Array   # [F, F]
   num_images: int
   factor: jax.Array | None = None  # [R, F]; None: the square root of sigma, computed here.
+  features: jax.Array | None = None  # [N, F]; for KID and precision/recall (None: not scored).
 
   def __post_init__(self):
     if self.factor is None:
       self.factor = jax.jit(scores.covariance_factor)(jnp.asarray(self.sigma))
+
+
+jax.tree_util.register_dataclass(Reference, data_fields=['mu', 'sigma', 'factor', 'features'],
+                                 meta_fields=['num_images'])
 
 
 def reference_from_images(params: Any, images: np.ndarray | jax.Array) -> Reference:
@@ -114,7 +129,8 @@ def reference_from_images(params: Any, images: np.ndarray | jax.Array) -> Refere
   mu, sigma = scores.feature_statistics(feats)
   # From the features themselves when they are fewer than the feature width (the embedded
   # test split: 2,000 digits < 2,048), which is exact where a square root is not.
-  return Reference(mu, sigma, len(images), jax.jit(scores.covariance_factor)(sigma, feats))
+  return Reference(mu, sigma, len(images), jax.jit(scores.covariance_factor)(sigma, feats),
+                   feats)
 
 
 def reference_statistics(params: Any, config: ml_collections.ConfigDict) -> Reference:
@@ -124,26 +140,34 @@ def reference_statistics(params: Any, config: ml_collections.ConfigDict) -> Refe
 
 
 @functools.partial(jax.jit, static_argnames='min_count')
-def _scores(params: Any, images: jax.Array, mu_ref: jax.Array, sigma_ref: jax.Array,
-            factor_ref: jax.Array, min_count: int) -> dict[str, jax.Array]:
+def _scores(params: Any, images: jax.Array, reference: Reference, min_count: int
+            ) -> dict[str, jax.Array]:
   """Every score of `score_images` in one program, on the default device (the GPU there)."""
   logits, feats = classifier.apply_in_chunks(params, images)
   log_probs = jax.nn.log_softmax(logits, axis=-1)  # [N, K]
   probs = jnp.exp(log_probs)
   mu, sigma = scores.feature_statistics(feats)
   histogram = scores.class_histogram(probs, NUM_CLASSES)
-  return {
+  out = {
       'i_prime': scores.modified_inception_score(probs, log_probs),
       'inception_score': scores.inception_score(probs, log_probs),
-      'fid': scores.frechet_distance(mu, sigma, mu_ref, sigma_ref, factor2=factor_ref),
+      'classifier_fid': scores.frechet_distance(mu, sigma, reference.mu, reference.sigma,
+                                                factor2=reference.factor),
       'class_histogram': histogram,
       'modes_covered': scores.modes_covered(histogram, min_count),
   }
+  if reference.features is not None:
+    out['kid'] = scores.kernel_inception_distance(feats, reference.features)
+    out['precision'], out['recall'] = scores.precision_recall(reference.features, feats)
+  return out
+
+
+FLOAT_SCORES = ('i_prime', 'inception_score', 'classifier_fid', 'kid', 'precision', 'recall')
 
 
 def score_images(params: Any, images: np.ndarray | jax.Array, reference: Reference
                  ) -> dict[str, Any]:
-  """I', IS, classifier FID and class histogram of generated images.
+  """App. C's scores of generated digits, and the distances to the real digits beyond it.
 
   One jitted program (compiled once per number of images) on the default device; images
   already on the device (the grid's samples) stay there.
@@ -151,11 +175,15 @@ def score_images(params: Any, images: np.ndarray | jax.Array, reference: Referen
   Args:
     params: the classifier's variables.
     images: generated digits [N, H, W, 1], float in [-1, 1] or uint8 in [0, 255].
-    reference: the test split's feature statistics.
+    reference: the test split's features and their statistics.
   Returns:
-    {'i_prime', 'inception_score', 'fid', 'class_histogram' (list of K ints),
-     'modes_covered' (classes holding at least N / (10 K) samples, so that stray
-     misclassifications do not count as a mode)}; floats are NaN if the images are not finite.
+    {'i_prime' (App. C's I'), 'inception_score', 'classifier_fid' (the Frechet distance in
+     the classifier's feature space: not comparable with Inception FIDs), 'kid' (the
+     unbiased kernel distance in that space), 'precision', 'recall' (Kynkäänniemi et al.,
+     k = 3, in that space; 'kid', 'precision', 'recall' only when the reference keeps its
+     features), 'class_histogram' (list of K ints), 'modes_covered' (classes holding at
+     least N / (10 K) samples, so that stray misclassifications do not count as a mode)};
+    floats are NaN if the images are not finite.
   """
   if isinstance(images, jax.Array) and len(images.devices()) > 1:
     # E.g. a population's samples, replicated over a mesh: score one copy, on one device.
@@ -164,18 +192,47 @@ def score_images(params: Any, images: np.ndarray | jax.Array, reference: Referen
   if images.dtype == jnp.uint8:
     images = images.astype(jnp.float32) / 127.5 - 1.0
   n = images.shape[0]
+  names = FLOAT_SCORES if reference.features is not None else FLOAT_SCORES[:3]
   if not bool(jnp.all(jnp.isfinite(images))):
-    return {'i_prime': float('nan'), 'inception_score': float('nan'), 'fid': float('nan'),
-            'class_histogram': [0] * NUM_CLASSES, 'modes_covered': 0}
-  result = jax.device_get(_scores(params, images, reference.mu, reference.sigma,
-                                  reference.factor, max(1, n // (10 * NUM_CLASSES))))
-  return {
-      'i_prime': float(result['i_prime']),
-      'inception_score': float(result['inception_score']),
-      'fid': float(result['fid']),
-      'class_histogram': [int(c) for c in result['class_histogram']],
-      'modes_covered': int(result['modes_covered']),
-  }
+    return {**{k: float('nan') for k in names}, 'class_histogram': [0] * NUM_CLASSES,
+            'modes_covered': 0}
+  result = jax.device_get(_scores(params, images, reference, max(1, n // (10 * NUM_CLASSES))))
+  return {**{k: float(result[k]) for k in names},
+          'class_histogram': [int(c) for c in result['class_histogram']],
+          'modes_covered': int(result['modes_covered'])}
+
+
+def classifier_cache_dir(config: ml_collections.ConfigDict) -> epath.Path:
+  """Where `config`'s offline classifier is kept, shared by every run that trains on the data.
+
+  `config.eval.classifier_cache_dir` (default `$EBGAN_JAX_CACHE`, else ~/.cache/ebgan_jax;
+  may be gs://...) / `classifier-<dataset>-<digest>`. The digest covers what the classifier
+  depends on: the data source (an IDX folder's or .npz file's path, or the tfds name) and
+  the training settings, so a smoke test's 1-epoch classifier never stands in for the real one.
+  """
+  settings = eval_settings(config)
+  root = settings.classifier_cache_dir or os.environ.get('EBGAN_JAX_CACHE', DEFAULT_CACHE)
+  source = str(paths.as_path(config.data_dir)) if config.data_dir else config.dataset
+  key = json.dumps([source, config.image_size, settings.classifier_epochs,
+                    settings.classifier_batch_size, settings.classifier_train_examples,
+                    settings.classifier_seed, classifier.ARCHITECTURE])
+  name = paths.as_path(config.data_dir).name if config.data_dir else config.dataset
+  digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+  return paths.as_path(root) / f'classifier-{name.replace("/", "_")}-{digest}'
+
+
+def real_digit_scores(params: Any, config: ml_collections.ConfigDict, reference: Reference,
+                      directory: paths.PathLike, num: int) -> dict[str, Any]:
+  """The scores of `num` real train digits against the test split: what a perfect generator
+  of this dataset would score (cached beside the classifier, `real_scores-<num>.json`)."""
+  path = paths.as_path(directory) / f'real_scores-{num}.json'
+  if path.exists():
+    return json.loads(path.read_text())
+  images, _ = data.split_arrays(config, 'train')
+  result = score_images(params, images[:num], reference)
+  result['num_images'] = int(min(num, len(images)))
+  paths.write_atomic(path, json.dumps(result, indent=2, sort_keys=True) + '\n')
+  return result
 
 
 def default_classifier_dir(config: ml_collections.ConfigDict, root: paths.PathLike
@@ -186,57 +243,81 @@ def default_classifier_dir(config: ml_collections.ConfigDict, root: paths.PathLi
 
 
 def evaluate_workdir(workdir: paths.PathLike, classifier_dir: paths.PathLike | None = None,
-                     num_samples: int | None = None, seed: int = 0) -> dict[str, Any]:
-  """Scores the latest checkpoint of the run in `workdir`; writes eval.json and TensorBoard.
+                     num_samples: int | None = None, checkpoint: str = 'latest',
+                     latent_seed: int = -1) -> dict[str, Any]:
+  """Scores one checkpoint of the run in `workdir`; writes eval.json and eval/... scalars.
 
   Args:
     workdir: a run trained by `ebgan_jax.main`.
     classifier_dir: where the offline classifier is (or is trained and cached); default
-      `workdir/classifier-<dataset>`.
-    num_samples: generated digits to score; default `config.eval.num_samples` (10,000).
-    seed: seed of the latents.
+      the shared cache (`classifier_cache_dir`).
+    num_samples: generated images to score; default `config.eval.num_samples`.
+    checkpoint: 'latest', 'best' or a step.
+    latent_seed: seed of the latents; -1 (default) the run's evaluation latents, so the
+      scores equal those logged while it trained.
   Returns:
-    The scores, with `step` (the checkpoint's) and `classifier_test_accuracy`.
+    The scores, with `step` (the checkpoint's) and, for the classifier scores,
+    `classifier_test_accuracy`.
   """
+  from ebgan_jax import evaluator as evaluator_lib  # pylint: disable=g-import-not-at-top
   workdir = paths.as_path(workdir)
-  trainer, state, step = sample.load_generator(workdir)
-  config = trainer.config
-  settings = eval_settings(config)
-  num_samples = num_samples or settings.num_samples
-  classifier_dir = classifier_dir or default_classifier_dir(config, workdir)
-  params, meta = get_classifier(config, classifier_dir)
-  reference = reference_statistics(params, config)
-  images = sample.generate_images(trainer, state, num_samples, jax.random.key(seed),
-                                  batch_size=settings.batch_size)
-  result = score_images(params, images, reference)
-  result.update(step=int(step), num_samples=int(num_samples),
-                classifier_test_accuracy=float(meta.get('test_accuracy', float('nan'))),
-                classifier_dir=str(classifier_dir))
+  trainer, state, step = sample.load_generator(workdir, checkpoint)
+  scorer = evaluator_lib.Evaluator(trainer.config, classifier_dir=classifier_dir,
+                                   num_samples=num_samples)
+  if not scorer.enabled:
+    raise ValueError(f'{workdir} cannot be scored: no offline classifier for its data and no '
+                     '--config.inception_weights.')
+  images = (scorer.generate(trainer, state) if latent_seed < 0 else
+            sample.generate_images(trainer, state, scorer.num_samples,
+                                   jax.random.key(latent_seed)))
+  result = scorer.score_images(images)
+  result.update(step=int(step), num_samples=scorer.num_samples, checkpoint=str(checkpoint))
+  if scorer.kind == 'classifier':
+    result.update(classifier_test_accuracy=float(scorer.meta.get('test_accuracy', np.nan)),
+                  classifier_dir=str(scorer.classifier_dir))
   paths.write_atomic(workdir / EVAL_FILE, json.dumps(result, indent=2, sort_keys=True) + '\n')
   writer = metric_writer.MetricWriter(workdir / 'logs')
   try:
-    writer.write_scalars(step, {f'eval/{k}': result[k] for k in
-                                ('i_prime', 'inception_score', 'fid', 'modes_covered')})
+    writer.write_scalars(step, {f'eval/{k}': v for k, v in result.items()
+                                if k in FLOAT_SCORES + ('fid', 'modes_covered')})
   finally:
     writer.close()
   return result
 
 
 def main(argv):
-  del argv
-  result = evaluate_workdir(FLAGS.workdir, FLAGS.classifier_dir or None,
-                            FLAGS.num_samples or None, FLAGS.seed)
-  print(json.dumps(result, indent=2, sort_keys=True))
-  workdir = paths.as_path(FLAGS.workdir)
-  print(f'Wrote {workdir / EVAL_FILE} and eval/... scalars to {workdir / "logs"}')
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if len(FLAGS.workdir) == 1 and FLAGS.checkpoint:
+    result = evaluate_workdir(FLAGS.workdir[0], FLAGS.classifier_dir or None,
+                              FLAGS.num_samples or None, FLAGS.checkpoint, FLAGS.latent_seed)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    workdir = paths.as_path(FLAGS.workdir[0])
+    print(f'Wrote {workdir / EVAL_FILE} and eval/... scalars to {workdir / "logs"}')
+    return
+  from ebgan_jax import compare  # pylint: disable=g-import-not-at-top
+  rows, grids = compare.compare_runs(FLAGS.workdir, classifier_dir=FLAGS.classifier_dir or None,
+                                     num_samples=FLAGS.num_samples or None)
+  print(compare.markdown_table(rows))
+  out = FLAGS.out or ('comparison.png' if len(FLAGS.workdir) > 1 else '')
+  if out:
+    compare.write_sample_grids(out, grids)
+    print(f'\nSample grids side by side: {out}')
 
 
 if __name__ == '__main__':
-  flags.DEFINE_string('workdir', None, 'Workdir of a run trained by ebgan_jax.main.',
-                      required=True)
-  flags.DEFINE_string('classifier_dir', '', 'Cached offline classifier (trained there if '
-                      'missing); default WORKDIR/classifier-<dataset>.')
-  flags.DEFINE_integer('num_samples', 0, 'Generated digits to score (0: config.eval).')
-  flags.DEFINE_integer('seed', 0, 'Seed of the latents.')
+  flags.DEFINE_multi_string('workdir', None, 'Workdir of a run trained by ebgan_jax.main '
+                            '(local or gs://); repeat it to compare runs side by side.',
+                            required=True)
+  flags.DEFINE_string('checkpoint', '', "One run: which checkpoint to score ('latest', 'best' "
+                      "or a step; '' = both best and latest, as a table). Several runs: "
+                      'each is scored at its best and its latest checkpoint.')
+  flags.DEFINE_string('classifier_dir', '', 'The offline classifier (trained there if '
+                      'missing); default the shared cache (config.eval.classifier_cache_dir).')
+  flags.DEFINE_integer('num_samples', 0, 'Generated images to score (0: config.eval).')
+  flags.DEFINE_integer('latent_seed', -1, "Seed of the latents; -1: the run's evaluation "
+                       'latents, as the scores logged while it trained.')
+  flags.DEFINE_string('out', '', 'Table mode: a PNG file for the runs\' sample grids side '
+                      'by side (default comparison.png with several runs, none with one).')
   FLAGS = flags.FLAGS
   app.run(main)

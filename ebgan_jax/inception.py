@@ -50,6 +50,10 @@ INPUT_SIZE = 299
 MIN_INPUT_SIZE = 75  # The smallest input the network's valid convolutions and pools accept.
 FEATURES = 2048
 BN_EPSILON = 1e-3  # TF's Inception-v3 (pytorch-fid's BasicConv2d: eps=0.001).
+WEIGHTS_HELP = ("The weights are pytorch-fid's pt_inception-2015-12-05-6726825d.pth (from "
+                'https://github.com/mseitzer/pytorch-fid/releases), converted to .npz with the '
+                'one-line command in the docstring of ebgan_jax/inception.py; nothing is '
+                'downloaded at run time.')
 
 
 class BasicConv(nn.Module):
@@ -207,9 +211,7 @@ def _read_flat(path: paths.PathLike) -> dict[str, np.ndarray]:
   path = paths.as_path(path)
   if not path.is_file():
     raise FileNotFoundError(
-        f'Inception weights {str(path)!r} not found. FID needs pytorch-fid\'s '
-        'pt_inception-2015-12-05-6726825d.pth converted to .npz (see ebgan_jax/inception.py); '
-        'nothing is downloaded at run time.')
+        f'Inception weights {str(path)!r} not found. {WEIGHTS_HELP}')
   with path.open('rb') as f:
     if path.suffix == '.npz':
       with np.load(f) as data:
@@ -325,21 +327,22 @@ def fid(features1: np.ndarray, features2: np.ndarray) -> float:
     return float(scores.frechet_distance(*stats1, *stats2))
 
 
-def fid_of_run(workdir: paths.PathLike, weights: str = '', num: int = 10_000, seed: int = 0,
-               batch_size: int = 200, input_size: int = INPUT_SIZE) -> tuple[float, int]:
+def fid_of_run(workdir: paths.PathLike, weights: str = '', num: int = 10_000,
+               latent_seed: int = 0, batch_size: int = 200, input_size: int = INPUT_SIZE,
+               checkpoint: str = 'latest') -> tuple[float, int]:
   """(FID of `num` generated images against `num` train images, the checkpoint's step).
 
   `weights` defaults to the run's `config.inception_weights`. `input_size` other than 299
-  (the FID's) is for tests only.
+  (the FID's) is for tests only. `checkpoint`: 'latest', 'best' or a step.
   """
-  trainer, state, restored_step = sample.load_generator(workdir)
+  trainer, state, restored_step = sample.load_generator(workdir, checkpoint)
   config = trainer.config
   weights = weights or config.get('inception_weights', '')
   if not weights:
-    raise ValueError('No Inception weights: pass --weights=FILE.npz or set '
-                     'config.inception_weights (see ebgan_jax/inception.py for the file).')
+    raise ValueError(f'No Inception weights: pass --weights=FILE.npz or set '
+                     f'config.inception_weights. {WEIGHTS_HELP}')
   extractor = FeatureExtractor.from_file(weights, batch_size=batch_size, input_size=input_size)
-  fake = extractor(sample.generate_images(trainer, state, num, jax.random.key(seed)))
+  fake = extractor(sample.generate_images(trainer, state, num, jax.random.key(latent_seed)))
   real_batches = data.train_batches(config, process_index=0, process_count=1)
   real, count = [], 0
   while count < num:
@@ -350,15 +353,20 @@ def fid_of_run(workdir: paths.PathLike, weights: str = '', num: int = 10_000, se
 
 
 def main(argv):
-  del argv
-  value, restored_step = fid_of_run(FLAGS.workdir, FLAGS.weights, FLAGS.num, FLAGS.seed)
-  print(f'FID ({FLAGS.num} images, checkpoint step {restored_step}): {value:.3f}')
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  value, restored_step = fid_of_run(FLAGS.workdir, FLAGS.weights, FLAGS.num_samples,
+                                    FLAGS.latent_seed, checkpoint=FLAGS.checkpoint)
+  print(f'FID ({FLAGS.num_samples} images, checkpoint step {restored_step}): {value:.3f}')
 
 
 if __name__ == '__main__':
-  flags.DEFINE_string('workdir', None, 'Workdir of a trained run.', required=True)
-  flags.DEFINE_string('weights', '', 'FID Inception weights (.npz/.pkl, PyTorch names).')
-  flags.DEFINE_integer('num', 10_000, 'Number of generated and of real images.')
-  flags.DEFINE_integer('seed', 0, 'Seed of the latents.')
+  flags.DEFINE_string('workdir', None, 'Workdir of a trained run (local or gs://).',
+                      required=True)
+  flags.DEFINE_string('weights', '', 'FID Inception weights (.npz or .pkl with PyTorch names; '
+                      'default config.inception_weights). ' + WEIGHTS_HELP)
+  flags.DEFINE_string('checkpoint', 'latest', 'Which checkpoint: latest, best or a step.')
+  flags.DEFINE_integer('num_samples', 10_000, 'Number of generated and of real images.')
+  flags.DEFINE_integer('latent_seed', 0, 'Seed of the latents.')
   FLAGS = flags.FLAGS
   app.run(main)

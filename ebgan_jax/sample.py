@@ -1,8 +1,14 @@
-"""Sampling: image grids, and N generated images from a run's latest checkpoint.
+"""Sampling: image grids, latent interpolations, and generated images from a checkpoint.
 
-  python -m ebgan_jax.sample --workdir=DIR --num=N --out=FILE.npz
+  python -m ebgan_jax.sample --workdir=DIR [--checkpoint=latest|best|STEP] \
+      [--num_samples=64] [--out=samples.png | --out=samples.npz] [--interpolate]
 
-writes `images` (uint8 [N, H, W, C]) to FILE.npz.
+writes `--num_samples` images from the checkpoint: a PNG grid when `--out` ends in .png, the
+uint8 array `images` [N, H, W, C] when it ends in .npz. With `--interpolate`, each of
+`--num_samples` rows walks from one random latent to another along the great circle
+(spherical interpolation, the usual path between Gaussian latents) in
+`--interpolation_steps` images. The run may live on another machine's device count or in a
+bucket (gs://...). `--latent_seed` picks the latents (default: the run's evaluation latents).
 """
 
 from __future__ import annotations
@@ -11,10 +17,11 @@ import io
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from ebgan_jax import checkpoint, paths, step, workdir as workdir_lib
+from ebgan_jax import checkpoint, metric_writer, paths, step, workdir as workdir_lib
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -35,24 +42,53 @@ def image_grid(images: np.ndarray, num_cols: int | None = None, pad: int = 1) ->
   return grid
 
 
-def load_generator(workdir: paths.PathLike) -> tuple[step.Trainer, step.TrainState, int]:
-  """The run's trainer and its latest restorable state (raises if there is no checkpoint).
+CHECKPOINT_CHOICES = 'latest, best or a step number'
+
+
+def resolve_checkpoint(ckpt: checkpoint.Checkpointer, which: str | int) -> int | None:
+  """The step `which` names ('latest', 'best' or a step), None for 'latest' (the newest
+  that restores). Raises ValueError, naming what exists, for a best or a step not kept."""
+  which = str(which)
+  if which == 'latest':
+    return None
+  if which == 'best':
+    best = ckpt.best_step()
+    if best is None:
+      raise ValueError(f'{ckpt.directory} holds no best checkpoint: the run kept none '
+                       '(train with --config.eval_every_steps=N and '
+                       '--config.eval.best_metric=eval/classifier_fid, for example).')
+    return best
+  if not which.isdigit():
+    raise ValueError(f'--checkpoint={which}: use {CHECKPOINT_CHOICES}.')
+  if int(which) not in ckpt.all_steps():
+    raise ValueError(f'{ckpt.directory} has no checkpoint of step {which}; it keeps '
+                     f'{ckpt.all_steps()}.')
+  return int(which)
+
+
+def load_generator(workdir: paths.PathLike, which: str | int = 'latest'
+                   ) -> tuple[step.Trainer, step.TrainState, int]:
+  """The run's trainer and the state of checkpoint `which` ('latest', 'best' or a step).
 
   The state is restored onto this process's devices, whatever the device count the run
-  was trained on (`checkpoint.Checkpointer.restore`).
+  was trained on (`checkpoint.Checkpointer.restore`). Raises if there is no checkpoint.
   """
   config = workdir_lib.load_config(workdir)
   trainer = step.Trainer(config)
   target = jax.eval_shape(trainer.create_state, jax.random.key(0))
-  ckpt = checkpoint.Checkpointer(paths.as_path(workdir) / 'checkpoints')
+  ckpt = checkpoint.for_run(config, workdir)
   try:
-    state, restored_step = ckpt.restore_latest(target)
+    chosen = resolve_checkpoint(ckpt, which)
+    if chosen is None:
+      state, chosen = ckpt.restore_latest(target)
+    else:
+      state = ckpt.restore(chosen, target)
   finally:
     ckpt.close()
-  if restored_step is None:
+  if chosen is None:
     raise FileNotFoundError(f'No restorable checkpoint in {workdir}/checkpoints; train the run '
                             'first (python -m ebgan_jax.main --workdir=...).')
-  return trainer, state, restored_step
+  return trainer, state, chosen
 
 
 def generate_images(trainer: step.Trainer, state: step.TrainState, num: int, key: jax.Array,
@@ -67,21 +103,75 @@ def generate_images(trainer: step.Trainer, state: step.TrainState, num: int, key
   return np.concatenate(out)
 
 
+def slerp(z0: jax.Array, z1: jax.Array, num: int) -> jax.Array:
+  """`num` points from z0 [D] to z1 [D] along the great circle between them, [num, D].
+
+  Spherical interpolation keeps the norm of Gaussian latents near sqrt(D), where p_z puts
+  its mass; the straight line between them passes through lower norms. Equal directions fall
+  back to the straight line.
+  """
+  t = jnp.linspace(0.0, 1.0, num)[:, None]  # [num, 1]
+  cos = jnp.dot(z0, z1) / (jnp.linalg.norm(z0) * jnp.linalg.norm(z1))
+  omega = jnp.arccos(jnp.clip(cos, -1.0, 1.0))
+  sin = jnp.sin(omega)
+  safe = jnp.where(sin > 1e-6, sin, 1.0)
+  spherical = (jnp.sin((1 - t) * omega) * z0 + jnp.sin(t * omega) * z1) / safe
+  return jnp.where(sin > 1e-6, spherical, (1 - t) * z0 + t * z1)
+
+
+def interpolations(trainer: step.Trainer, state: step.TrainState, rows: int, columns: int,
+                   key: jax.Array) -> np.ndarray:
+  """uint8 [rows, columns, H, W, C]: each row G(slerp(z_a, z_b)) for a random pair."""
+  z = trainer.sample_latents(key, 2 * rows)  # [2 rows, D]
+  path = jax.vmap(lambda a, b: slerp(a, b, columns))(z[:rows], z[rows:])  # [rows, cols, D]
+  images = jax.jit(trainer.generate)(trainer.sample_params(state), state.g.batch_stats,
+                                     path.reshape(rows * columns, -1))
+  return to_uint8(images).reshape(rows, columns, *images.shape[1:])
+
+
+def write_images(out: paths.PathLike, images: np.ndarray, num_cols: int | None = None) -> None:
+  """A PNG grid (`out` ends in .png) or the uint8 array `images` (.npz) at `out`."""
+  out = paths.as_path(out)
+  if out.suffix == '.png':
+    flat = images.reshape(-1, *images.shape[-3:])
+    metric_writer.write_png(out, image_grid(flat, num_cols))
+  elif out.suffix == '.npz':
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, images=images)
+    paths.write_atomic(out, buffer.getvalue())
+  else:
+    raise ValueError(f'--out={out}: name a .png (an image grid) or a .npz (the arrays) file.')
+
+
 def main(argv):
-  del argv
-  trainer, state, restored_step = load_generator(FLAGS.workdir)
-  images = generate_images(trainer, state, FLAGS.num, jax.random.key(FLAGS.seed))
-  out = paths.as_path(FLAGS.out)
-  buffer = io.BytesIO()
-  np.savez_compressed(buffer, images=images)
-  paths.write_atomic(out, buffer.getvalue())
-  print(f'Wrote {len(images)} images {images.shape[1:]} from step {restored_step} to {out}')
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  from ebgan_jax import evaluator  # pylint: disable=g-import-not-at-top
+  trainer, state, chosen = load_generator(FLAGS.workdir, FLAGS.checkpoint)
+  key = (evaluator.eval_key(trainer.config) if FLAGS.latent_seed < 0
+         else jax.random.key(FLAGS.latent_seed))
+  if FLAGS.interpolate:
+    images = interpolations(trainer, state, FLAGS.num_samples, FLAGS.interpolation_steps, key)
+    write_images(FLAGS.out, images, num_cols=FLAGS.interpolation_steps)
+    what = f'{FLAGS.num_samples} interpolations of {FLAGS.interpolation_steps} images'
+  else:
+    images = generate_images(trainer, state, FLAGS.num_samples, key)
+    write_images(FLAGS.out, images)
+    what = f'{len(images)} images {images.shape[1:]}'
+  print(f'Wrote {what} from the checkpoint of step {chosen} to {FLAGS.out}')
 
 
 if __name__ == '__main__':
-  flags.DEFINE_string('workdir', None, 'Workdir of a trained run.', required=True)
-  flags.DEFINE_integer('num', 64, 'Number of images.')
-  flags.DEFINE_string('out', 'samples.npz', 'Output .npz file (key "images").')
-  flags.DEFINE_integer('seed', 0, 'Seed of the latents.')
+  flags.DEFINE_string('workdir', None, 'Workdir of a trained run (local or gs://...).',
+                      required=True)
+  flags.DEFINE_string('checkpoint', 'latest', f'Which checkpoint: {CHECKPOINT_CHOICES}.')
+  flags.DEFINE_integer('num_samples', 64, 'Images to generate (with --interpolate: rows).')
+  flags.DEFINE_string('out', 'samples.png', 'Output file: .png (an image grid) or .npz '
+                      '(uint8 array "images").')
+  flags.DEFINE_integer('latent_seed', -1, "Seed of the latents; -1: the run's evaluation "
+                       'latents (ebgan_jax.evaluator.eval_key), as its scores use.')
+  flags.DEFINE_bool('interpolate', False, 'Rows of spherical interpolations between random '
+                    'latent pairs instead of independent samples.')
+  flags.DEFINE_integer('interpolation_steps', 10, 'Images per interpolation row.')
   FLAGS = flags.FLAGS
   app.run(main)

@@ -24,8 +24,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ebgan_jax import checkpoint, config_checks, data, metric_writer, paths, sample
-from ebgan_jax import sharding, step
+from ebgan_jax import checkpoint, config_checks, data, evaluator as evaluator_lib, metric_writer
+from ebgan_jax import paths, sample, sharding, step
 from ebgan_jax import workdir as workdir_lib
 
 
@@ -153,7 +153,7 @@ def init_or_restore(create_state: Callable[[jax.Array], Any],
   """
   init_key, train_key, sample_key = jax.random.split(jax.random.key(config.seed), 3)
   state = jax.jit(create_state, out_shardings=sharding.replicated(mesh))(init_key)
-  ckpt = checkpoint.Checkpointer(paths.as_path(workdir) / 'checkpoints', config.keep_checkpoints)
+  ckpt = checkpoint.for_run(config, workdir)
   state, restored = ckpt.restore_latest(state)
   start = 0 if restored is None else int(state.step)
   if restored is not None:
@@ -179,7 +179,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
   steps_per_call = config.get('steps_per_call', 1)
   train_step = step.jit_train_step(trainer, mesh)
   train_steps = step.jit_train_steps(trainer, mesh) if steps_per_call > 1 else None
-  cadences = (config.log_every_steps, config.checkpoint_every_steps, config.sample_every_steps)
+  eval_every = config.get('eval_every_steps', 0)
+  evaluator = evaluator_lib.Evaluator(config) if eval_every else None
+  cadences = (config.log_every_steps, config.checkpoint_every_steps, config.sample_every_steps,
+              *((eval_every,) if evaluator and evaluator.enabled else ()))
   batches = data.train_batches(config, start_step=start)
   sample_z = trainer.sample_latents(sample_key, config.num_sample_images)
   generate = jax.jit(trainer.generate)
@@ -194,17 +197,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
       metric_writer.write_png(workdir / 'samples' / f'step_{step_number:07d}.png', grid)
       writer.write_image(step_number, 'samples', grid)
 
-  def save(step_number: int) -> None:
+  def save(step_number: int, scores: dict[str, float] | None = None) -> None:
     buffer_mean = buffer.flush()  # Never save a state whose losses were not finite.
     if buffer_mean is not None:
       writer.write_scalars(step_number, {f'train/{k}': v for k, v in buffer_mean.items()})
-    ckpt.save(step_number, state)
+    ckpt.save(step_number, state, scores)
+
+  def evaluate(step_number: int) -> dict[str, float]:
+    """Scores the generator, logs them as eval/..., and saves a checkpoint ranked by them."""
+    t0 = time.time()
+    scores = {f'eval/{k}': v for k, v in evaluator(trainer, state).items()}
+    writer.write_scalars(step_number, scores)
+    logging.info('step %d  eval (%d samples, %.1f s): %s', step_number, evaluator.num_samples,
+                 time.time() - t0, evaluator_lib.format_scores(
+                     {k[len('eval/'):]: v for k, v in scores.items()}))
+    timings['eval_s'] += time.time() - t0
+    save(step_number, scores)
+    return scores
 
   logging.info('Training %d steps (from step %d), global batch %d on %d device(s), '
                '%d process(es), up to %d steps per call.', num_steps, start, config.batch_size,
                jax.device_count(), jax.process_count(), steps_per_call)
   t_start, s_start = time.time(), start
   done, calls = start, 0
+  timings = {'eval_s': 0.0}
+  scores = {}
   try:
     with StopSignal() as stop:
       while done < num_steps:
@@ -230,13 +247,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
           logging.warning('Stopped by %s at step %d; checkpoint saved. Run the same command '
                           'to resume.', stop.received or 'a signal to another process', done)
           return state
+        if evaluator and evaluator.enabled and (done % eval_every == 0 or done == num_steps):
+          scores = evaluate(done)
         if done % config.checkpoint_every_steps == 0 or done == num_steps:
           save(done)
         if done % config.sample_every_steps == 0 or done == num_steps:
           write_samples(done)
+    if scores:
+      report_final_scores(evaluator, done, scores, ckpt.best_step(),
+                          timings['eval_s'] / max(time.time() - t_start, 1e-9))
   finally:
     writer.close()
     ckpt.close()
   logging.info('Done: %d steps. Samples: %s  Logs (TensorBoard): %s  Checkpoints: %s',
                num_steps, workdir / 'samples', workdir / 'logs', workdir / 'checkpoints')
   return state
+
+
+def report_final_scores(evaluator: evaluator_lib.Evaluator, step_number: int,
+                        scores: dict[str, float], best_step: int | None,
+                        eval_share: float) -> None:
+  """Prints the last scores beside real data's own (what a perfect generator would score)."""
+  if jax.process_index():
+    return
+  values = {k[len('eval/'):]: v for k, v in scores.items()}
+  lines = [f'Scores at step {step_number} ({evaluator.num_samples} samples): '
+           f'{evaluator_lib.format_scores(values)}']
+  real = evaluator.real_scores()
+  if real:
+    lines.append(f'Real digits ({real.get("num_images", evaluator.num_samples):.0f} train '
+                 f'digits against the test split): {evaluator_lib.format_scores(real)}')
+  if best_step is not None:
+    lines.append(f'Best checkpoint by {evaluator.settings.best_metric}: step {best_step}.')
+  lines.append(f'Evaluation took {100 * eval_share:.1f}% of this session\'s wall time.')
+  print('\n'.join(lines), flush=True)

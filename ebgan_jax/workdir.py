@@ -19,12 +19,18 @@ CONFIG_FILE = 'config.json'
 RESUMABLE_FIELDS = frozenset({
     'num_epochs', 'total_steps', 'log_every_steps', 'checkpoint_every_steps',
     'sample_every_steps', 'keep_checkpoints', 'num_sample_images', 'tfds_data_dir',
-    'steps_per_call', 'grad_norm_metrics',
+    'steps_per_call', 'grad_norm_metrics', 'eval_every_steps',
 })
+# Groups of fields that may change too: how a run is scored, not what it trains.
+RESUMABLE_GROUPS = ('eval.',)
 
 # Fields added after runs were recorded, with the value that older runs (which lack the field)
 # trained with: a missing field equal to it is no difference.
 ADDED_FIELDS = {'matmul_precision': 'default'}
+
+
+def _resumable(field: str) -> bool:
+  return field.split('.')[-1] in RESUMABLE_FIELDS or field.startswith(RESUMABLE_GROUPS)
 
 
 class ConfigMismatchError(ValueError):
@@ -63,7 +69,7 @@ def record_config(workdir: paths.PathLike, config: ml_collections.ConfigDict,
     old = {**ADDED_FIELDS, **_flatten(json.loads(path.read_text()))}
     flat_new = {**ADDED_FIELDS, **_flatten(new)}
     differing = sorted(k for k in set(old) | set(flat_new)
-                       if k.split('.')[-1] not in RESUMABLE_FIELDS
+                       if not _resumable(k)
                        and old.get(k, '<missing>') != flat_new.get(k, '<missing>'))
     if differing:
       details = ', '.join(f'{k}: {old.get(k, "<missing>")!r} -> {flat_new.get(k, "<missing>")!r}'

@@ -48,7 +48,7 @@ def test_score_images_against_numpy_and_scipy(clf):
   fid = np.sum((mu - mu_r) ** 2) + np.trace(sigma) + np.trace(sigma_r) - 2 * tr_sqrt
   np.testing.assert_allclose(got['i_prime'], i_prime, rtol=1e-3, atol=1e-5)
   np.testing.assert_allclose(got['inception_score'], inception, rtol=1e-3)
-  np.testing.assert_allclose(got['fid'], fid, rtol=1e-2, atol=1e-4)
+  np.testing.assert_allclose(got['classifier_fid'], fid, rtol=1e-2, atol=1e-4)
   assert got['class_histogram'] == np.bincount(p.argmax(1), minlength=10).tolist()
   # modes: classes with at least N / (10 K) = 300 / 100 = 3 samples.
   assert got['modes_covered'] == int(np.sum(np.bincount(p.argmax(1), minlength=10) >= 3))

@@ -219,7 +219,7 @@ def test_other_config_is_refused_and_checkpoints_untouched(reference, tmp_path,
 @pytest.mark.slow
 def test_sample_cli_writes_uint8_images_and_explains_missing_runs(reference, tmp_path):
   out = tmp_path / 'out' / 'images.npz'
-  sample_cmd = [sys.executable, '-m', 'ebgan_jax.sample', '--num=10', f'--out={out}']
+  sample_cmd = [sys.executable, '-m', 'ebgan_jax.sample', '--num_samples=10', f'--out={out}']
   procs = [subprocess.Popen(sample_cmd + [f'--workdir={w}'], env=subprocess_env(), cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for w in (reference, tmp_path / 'no_such_run')]
