@@ -3,9 +3,10 @@ options: data parallelism on 2 faked CPU devices, bf16 compute, generator EMA.
 
 Every config runs a `tiny` variant (tiny widths, batch 4) for a few steps on mock batches from
 the input pipeline: celeba through `train.train_and_evaluate` (checkpoints, EMA samples), the
-others through the jitted step. The LSUN-patches run (fp32, one device) is the reference that
-the 2-device run, the bf16 run and the EMA hand check are compared with; they start from the
-same initial state (compiles are the cost of these tests on CPU).
+others through the jitted step, with zeroed output layers so that D's metrics are known by
+construction. The LSUN-patches run (fp32, one device, SGD) is the reference that the 2-device
+run, the bf16 run and the EMA hand check are compared with; they start from the same initial
+state (compiles are the cost of these tests on CPU).
 """
 
 import importlib
