@@ -55,11 +55,10 @@ def test_lsun_patches_and_dog_subset_settings():
 
 
 @pytest.mark.slow
-def test_celeba_tiny_trains_with_train_and_evaluate(tfds_data_dir, tmp_path):
+def test_celeba_tiny_trains_with_train_and_evaluate(tfds_data_dir, tmp_path, random_inception):
   config = _load('celeba', 'ebgan_pt,tiny', tfds_data_dir)
   config.ema_decay = 0.5  # samples and checkpoints with the generator EMA
-  weights = tmp_path / 'inception_random.npz'
-  inception.save_variables(inception.init_variables(0), weights)
+  weights = random_inception[1]
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
     state = train.train_and_evaluate(config, str(tmp_path / 'run'))
     # FID of the run (EMA samples) against its mock train images, random Inception weights.
