@@ -13,20 +13,24 @@ import struct
 import chex
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from configs import common
 from ebgan_jax import idx_dataset, input_pipeline
 
 MNIST_DIR = pathlib.Path(input_pipeline.__file__).parent / 'data' / 'mnist_10k'
-STEPS_PER_EPOCH = 125  # 8,000 train digits // 64
+# Large batches: an epoch is 16 of them, so a test can read epochs (and the first batches of
+# the next) without paying Python and tf.data per-batch costs for hundreds of batches.
+BATCH = 500
+STEPS_PER_EPOCH = 16  # 8,000 train digits // 500
 
 
 def _config(tfds_data_dir, **overrides):
   config = common.base_config()
   config.dataset = 'mnist_10k'
   config.tfds_data_dir = tfds_data_dir
-  config.batch_size = 64
+  config.batch_size = BATCH
   config.image_size = 32
   config.seed = 0
   for key, value in overrides.items():
@@ -59,7 +63,7 @@ def _take(iterator, n):
 
 @pytest.fixture(scope='module')
 def first_batches(tfds_data_dir):
-  """The first 131 batches (an epoch is 125) of a fresh iterator, seed 0."""
+  """The first 22 batches (an epoch is 16) of a fresh iterator, seed 0."""
   return _take(input_pipeline.train_batches(_config(tfds_data_dir), process_index=0,
                                             process_count=1), STEPS_PER_EPOCH + 6)
 
@@ -68,7 +72,7 @@ def first_batches(tfds_data_dir):
 
 def test_batch_shape_dtype_and_range(first_batches):
   batch = first_batches[0]
-  chex.assert_shape(batch, (64, 32, 32, 1))
+  chex.assert_shape(batch, (BATCH, 32, 32, 1))
   assert batch.dtype == np.float32
   assert batch.min() >= -1.0 and batch.max() <= 1.0
   assert batch.max() > 0.9  # the digits' ink reaches the top of the range
@@ -87,7 +91,7 @@ def test_zero_padded_border_is_exactly_minus_one_and_center_is_the_digit(first_b
 def test_image_size_28_has_no_padding(tfds_data_dir, raw_train):
   batch = next(input_pipeline.train_batches(_config(tfds_data_dir, image_size=28),
                                             process_index=0, process_count=1))
-  chex.assert_shape(batch, (64, 28, 28, 1))
+  chex.assert_shape(batch, (BATCH, 28, 28, 1))
   digits = set(_keys(raw_train[0]))
   assert all(k in digits for k in _keys(batch[..., 0]))  # unpadded raw digits, scaled
 
@@ -143,7 +147,7 @@ def test_resumed_iterator_continues_the_same_order(tfds_data_dir, first_batches,
 
 
 def test_steps_per_epoch(tfds_data_dir):
-  config = _config(tfds_data_dir)
+  config = _config(tfds_data_dir, batch_size=64)
   assert input_pipeline.steps_per_epoch(config, process_count=1) == 125  # 8000 // 64
   assert input_pipeline.steps_per_epoch(config, process_count=2) == 125  # (8000 // 2) // 32
   config.batch_size = 48
@@ -159,12 +163,62 @@ def test_two_processes_read_disjoint_halves(tfds_data_dir, raw_train):
     batches = _take(input_pipeline.train_batches(config, process_index=index, process_count=2),
                     STEPS_PER_EPOCH)
     for b in batches:
-      chex.assert_shape(b, (32, 32, 32, 1))  # batch_size / process_count
+      chex.assert_shape(b, (BATCH // 2, 32, 32, 1))  # batch_size / process_count
     per_process.append(_keys(np.concatenate(batches)[:, 2:30, 2:30, 0]))
   a, b = set(per_process[0]), set(per_process[1])
   assert len(per_process[0]) == len(a) == 4000 and len(b) == 4000
   assert not a & b
   assert a | b == set(_keys(raw_train[0]))
+
+
+def _as_uint8_keys(batches):
+  """Hashable identity of each image of float batches in [-1, 1] (rounded back to uint8)."""
+  images = np.concatenate(batches)
+  return [np.round((im + 1.0) * 127.5).astype(np.uint8).tobytes() for im in images]
+
+
+def _epoch_keys(config, process_index, process_count):
+  steps = input_pipeline.steps_per_epoch(config, process_count)
+  return _as_uint8_keys(_take(input_pipeline.train_batches(
+      config, process_index=process_index, process_count=process_count), steps))
+
+
+def test_two_processes_read_disjoint_halves_of_an_image_folder(tmp_path):
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  files = rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+  for i, image in enumerate(files):  # 16x16 files at image_size 16: no resize, no crop.
+    (folder / f'img{i:02d}.png').write_bytes(tf.io.encode_png(image).numpy())
+  config = _config(str(tmp_path / 'tfds'), image_folder=str(folder), channels=3,
+                   image_size=16, batch_size=4)
+  # 12 files, 2 a process and step: 3 steps an epoch, each process reading 6 files.
+  shards = [_epoch_keys(config, i, 2) for i in (0, 1)]
+  assert [len(k) for k in shards] == [6, 6]
+  assert not set(shards[0]) & set(shards[1])
+  assert set(shards[0]) | set(shards[1]) == {im.tobytes() for im in files}
+
+
+def test_two_processes_read_disjoint_halves_of_a_label_subset(tfds_data_dir):
+  """imagenet2012_dogs: the dog classes of imagenet2012, filtered, then sharded."""
+  config = _config(tfds_data_dir, dataset='imagenet2012_dogs', channels=3, image_size=16,
+                   batch_size=2)
+  input_pipeline._count_subset.cache_clear()  # pylint: disable=protected-access
+  try:
+    with tfds.testing.mock_data(num_examples=100):
+      # The mocked split's dogs, counted here from its labels: ILSVRC classes 151-268.
+      labels = [int(ex['label']) for ex in tfds.as_numpy(
+          tfds.load('imagenet2012', split='train', data_dir=tfds_data_dir))]
+      dogs = sum(151 <= label <= 268 for label in labels)
+      assert dogs == 6 and len(labels) == 100, (dogs, len(labels))  # mock data's draw
+      both = _epoch_keys(config, 0, 1)  # One process: 3 steps of 2 = every dog.
+      shards = [_epoch_keys(config, i, 2) for i in (0, 1)]  # 3 steps of 1 each.
+  finally:
+    input_pipeline._count_subset.cache_clear()  # pylint: disable=protected-access
+  assert len(set(both)) == len(both) == dogs
+  assert [len(k) for k in shards] == [3, 3]
+  assert not set(shards[0]) & set(shards[1])
+  assert set(shards[0]) | set(shards[1]) == set(both)
 
 
 def test_batch_not_divisible_by_process_count_raises(tfds_data_dir):
@@ -177,7 +231,7 @@ def test_batch_not_divisible_by_process_count_raises(tfds_data_dir):
 
 @pytest.mark.parametrize('image_size', [32, 28])
 def test_mock_data_mnist_batches(tfds_data_dir, image_size):
-  config = _config(tfds_data_dir, dataset='mnist', image_size=image_size)
+  config = _config(tfds_data_dir, dataset='mnist', image_size=image_size, batch_size=64)
   with tfds.testing.mock_data(num_examples=128):
     assert input_pipeline.steps_per_epoch(config, process_count=1) == 2  # 128 // 64
     batches = _take(input_pipeline.train_batches(config, process_index=0, process_count=1), 3)
