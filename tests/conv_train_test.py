@@ -178,8 +178,8 @@ def test_two_devices_match_one(lsun_fp32):
                trees(one), trees(two))
   # The 2 SGD steps moved both players far more than the tolerance (the check can fail).
   for player in ('g', 'd'):
-    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(
-        jax.tree.leaves(getattr(init, player).params), jax.tree.leaves(getattr(one, player).params)))
+    before, after = (jax.tree.leaves(getattr(s, player).params) for s in (init, one))
+    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(before, after))
     assert moved > 1000 * TOLERANCE, (player, moved)
   # The BN running statistics after step 1 come from the initial params alone: tight.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6),
