@@ -319,12 +319,16 @@ def fid(features1: np.ndarray, features2: np.ndarray) -> float:
   The Gaussian fits and the Frechet distance are `scores.feature_statistics` and
   `scores.frechet_distance` (symmetric eigendecompositions, exact for the singular
   covariances of N < D samples), run with 64-bit floats enabled: float32 loses ~1e-3 of the
-  traces on rank-deficient covariances.
+  traces on rank-deficient covariances. The second covariance enters through its factor
+  (`scores.covariance_factor`): for N2 <= D the centred features, so the eigenvalues taken
+  are those of an [N2, N2] matrix instead of two [D, D] ones (seconds on a CPU for D = 2048).
   """
   with jax.enable_x64(True):
+    features2 = jnp.asarray(features2, jnp.float64)
     stats1 = scores.feature_statistics(jnp.asarray(features1, jnp.float64))
-    stats2 = scores.feature_statistics(jnp.asarray(features2, jnp.float64))
-    return float(scores.frechet_distance(*stats1, *stats2))
+    stats2 = scores.feature_statistics(features2)
+    factor2 = scores.covariance_factor(stats2[1], features2)
+    return float(scores.frechet_distance(*stats1, *stats2, factor2=factor2))
 
 
 def fid_of_run(workdir: paths.PathLike, weights: str = '', num: int = 10_000,

@@ -116,15 +116,19 @@ def fit_autoencoder(config: ml_collections.ConfigDict, *, max_steps: int = 5000,
 
 def real_energies(config: ml_collections.ConfigDict, variables, images: np.ndarray,
                   batch_size: int = 500) -> np.ndarray:
-  """D(x) in inference mode (BN running statistics, no dropout) for images [N, H, W, C]."""
+  """D(x) in inference mode (BN running statistics, no dropout) for images [N, H, W, C].
+
+  D's variables are an argument of the jitted function, not constants folded into it: XLA:CPU
+  (jax 0.10.2) returned NaN energies for an all-zero D held as constants.
+  """
   discriminator = models.get_discriminator(config)
 
   @jax.jit
-  def energy(x):
+  def energy(variables, x):
     x_rec, _ = discriminator.apply(variables, x, train=False)
     return losses.energy(x, x_rec)
 
-  return np.concatenate([np.asarray(energy(jnp.asarray(images[i:i + batch_size])))
+  return np.concatenate([np.asarray(energy(variables, jnp.asarray(images[i:i + batch_size])))
                          for i in range(0, len(images), batch_size)])
 
 

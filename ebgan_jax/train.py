@@ -6,7 +6,9 @@ A long run must not lose work:
   seed and the step);
 - SIGTERM / SIGINT (a preempted VM) finish the current call (`steps_per_call` steps), save,
   and return;
-- a non-finite loss stops the run naming the step; no state after it is ever saved;
+- a non-finite loss stops the run naming the step; no state after it is ever saved; nor is a
+  state that is itself non-finite (a step can overflow the params with finite losses), which
+  `assert_state_finite` checks before every save;
 - a workdir holding a run with another config is refused (`workdir.record_config`);
 - the config is checked before any work (`config_checks.validate`);
 - the workdir may be local or remote (`gs://...`): every file goes through `ebgan_jax.paths`.
@@ -19,6 +21,7 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -31,6 +34,38 @@ from ebgan_jax import workdir as workdir_lib
 
 class NonFiniteLossError(FloatingPointError):
   """A loss became NaN or Inf."""
+
+
+class NonFiniteStateError(NonFiniteLossError):
+  """The train state holds NaN or Inf although the losses that produced it were finite."""
+
+
+@jax.jit
+def _state_is_finite(state: Any) -> jax.Array:
+  """One fused reduction: whether every floating-point leaf of `state` is finite."""
+  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state)
+           if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
+
+
+def assert_state_finite(state: Any, step_number: int) -> None:
+  """Raises NonFiniteStateError naming the step and the bad leaves if `state` is not finite.
+
+  The metrics of a step are computed before its update, so they can be finite while the
+  update itself overflows (e.g. SGD at a huge learning rate): a loop that checked only the
+  losses would save such a state as its last good checkpoint. Call this before every save;
+  it costs one jitted reduction over the state (the leaves are named only on failure).
+  """
+  if bool(_state_is_finite(state)):
+    return
+  bad = [jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_leaves_with_path(state)
+         if jnp.issubdtype(x.dtype, jnp.inexact) and not np.isfinite(jax.device_get(x)).all()]
+  shown = ', '.join(bad[:5]) + (f' and {len(bad) - 5} more' if len(bad) > 5 else '')
+  raise NonFiniteStateError(
+      f'The train state after step {step_number} has non-finite values in {shown}, although '
+      'the losses were finite. It was not saved; the last checkpoint written is still the '
+      'last good one. Lower the learning rate (an update overflowed), or resume from that '
+      'checkpoint with a different seed.')
 
 
 class StopSignal:
@@ -201,6 +236,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
     buffer_mean = buffer.flush()  # Never save a state whose losses were not finite.
     if buffer_mean is not None:
       writer.write_scalars(step_number, {f'train/{k}': v for k, v in buffer_mean.items()})
+    assert_state_finite(state, step_number)  # Nor a state that is itself non-finite.
     ckpt.save(step_number, state, scores)
 
   def evaluate(step_number: int) -> dict[str, float]:

@@ -87,6 +87,9 @@ flags.DEFINE_list('steps_per_call', [], 'Train steps per jitted call (one lax.sc
                   "training loop runs them), e.g. 1,10 to time both; empty: each config's "
                   '`steps_per_call`.')
 flags.DEFINE_string('json', '', 'Write the results to this JSON file.')
+flags.DEFINE_list('overrides', [], 'KEY=VALUE config overrides for every timed config and '
+                  'population member, e.g. model.size_g=64,model.size_d=48 (small widths for '
+                  'the test).')
 
 
 def matmul_gflops(n: int, seconds: float = 3.0, dtype=jnp.float32,
@@ -136,6 +139,26 @@ def load_config(entry: str):
   return importlib.import_module(f'configs.{name}').get_config(arg)
 
 
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
+  """Sets each 'a.b=VALUE' of `overrides` in `config`, VALUE read as the field's type."""
+  for entry in overrides:
+    key, sep, value = entry.partition('=')
+    *parents, leaf = key.split('.')
+    node = config
+    try:
+      for parent in parents:
+        node = node[parent]
+      old = node[leaf]
+    except KeyError as e:
+      raise ValueError(f'--overrides: {key!r} is not a config field (entry {entry!r}).') from e
+    if not sep:
+      raise ValueError(f'--overrides entries are KEY=VALUE, got {entry!r}.')
+    if isinstance(old, bool):
+      node[leaf] = value.lower() in ('1', 'true', 'yes')
+    else:
+      node[leaf] = type(old)(value)
+
+
 def set_lowering(config: ml_collections.ConfigDict, lowering: str) -> None:
   """Sets the "4c2s" lowerings named by a `--lowerings` entry (see the module docstring)."""
   if '+' in lowering:
@@ -168,6 +191,7 @@ def prepare_step(variant: str, batch_size: int, lowering: str = '', steps_per_ca
   arguments under the private keys that `time_step` uses.
   """
   config = load_config(variant)
+  apply_overrides(config, FLAGS.overrides)
   config.batch_size = batch_size
   config.matmul_precision = FLAGS.matmul_precision
   if FLAGS.dtype:
@@ -243,6 +267,7 @@ def prepare_population(size: int, batch_size: int, strategy: str, steps_per_call
   configs = []
   for seed in range(size):
     config = mnist_fc.get_config(variant)
+    apply_overrides(config, FLAGS.overrides)
     config.batch_size, config.seed = batch_size, seed
     config.matmul_precision = FLAGS.matmul_precision
     configs.append(config)

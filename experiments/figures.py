@@ -11,7 +11,9 @@ writes:
                   sub-grid's 512 runs against the 512 EBGAN runs.
   fig4.{png,pdf}  samples of the best GAN, EBGAN and EBGAN-PT (highest I').
   fig9.{png,pdf}  the margin sweep, one row of samples per m (top to bottom, increasing m).
-A figure whose runs are absent from the table is skipped. Runs that went NaN have no score;
+`draw_figureN(rows)` returns figure N as a matplotlib Figure (for notebooks and the tests);
+`figureN(rows, out_dir)` draws and saves it. A figure whose runs are absent from the table is
+skipped. Runs that went NaN have no score;
 they are counted in the failed bin at I' = 0 (the lowest possible I', which is a KL
 divergence) and their number is given in the legend.
 """
@@ -91,12 +93,23 @@ def _by_family(rows: Iterable[Row], families: Sequence[str]) -> dict[str, list[R
   return {f: [r for r in rows if r['family'] == f] for f in families}
 
 
+def _save_drawn(fig: plt.Figure | None, out_dir: pathlib.Path, name: str
+                ) -> list[pathlib.Path]:
+  return [] if fig is None else _save(fig, out_dir, name)
+
+
 def figure2(rows: Sequence[Row], out_dir: pathlib.Path,
             families: Sequence[str] = ('ebgan', 'gan')) -> list[pathlib.Path]:
   """Figure 2 (a)(b)(c): I' histograms, all runs and nLayer[GD] <= 4, <= 3."""
+  return _save_drawn(draw_figure2(rows, families), out_dir, 'fig2')
+
+
+def draw_figure2(rows: Sequence[Row], families: Sequence[str] = ('ebgan', 'gan')
+                 ) -> plt.Figure | None:
+  """Figure 2's matplotlib figure (None without runs of `families`)."""
   rows = [r for r in rows if r['family'] in families and r.get('variant') != 'margin_sweep']
   if not rows:
-    return []
+    return None
   bins = _bins(rows)
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
   limits = [(None, '(a) all'), (4, '(b) nLayer[GD] <= 4'), (3, '(c) nLayer[GD] <= 3')]
@@ -105,15 +118,20 @@ def figure2(rows: Sequence[Row], out_dir: pathlib.Path,
             or (r['n_layer_g'] <= limit and r['n_layer_d'] <= limit)]
     _hist(ax, _by_family(keep, families), bins, title)
   fig.suptitle("Figure 2: histograms of I' from the grid search")
-  return _save(fig, out_dir, 'fig2')
+  return fig
 
 
 def figure3(rows: Sequence[Row], out_dir: pathlib.Path) -> list[pathlib.Path]:
   """Figure 3: one panel per GAN sub-grid (optimD, optimG, lr) against all EBGAN runs."""
+  return _save_drawn(draw_figure3(rows), out_dir, 'fig3')
+
+
+def draw_figure3(rows: Sequence[Row]) -> plt.Figure | None:
+  """Figure 3's matplotlib figure (None without GAN runs)."""
   gans = [r for r in rows if r['family'] == 'gan']
   ebgans = [r for r in rows if r['family'] == 'ebgan' and r.get('variant') != 'margin_sweep']
   if not gans:
-    return []
+    return None
   settings = sorted({(r['optim_d'], r['optim_g'], r['lr']) for r in gans},
                     key=lambda s: (s[0], s[1], -s[2]))
   bins = _bins(gans + ebgans)
@@ -130,7 +148,7 @@ def figure3(rows: Sequence[Row], out_dir: pathlib.Path) -> list[pathlib.Path]:
           f'optimD={optim_d}, optimG={optim_g}, lr={lr:g}')
   fig.suptitle("Figure 3: I' per GAN optimization sub-grid, EBGAN as reference")
   fig.tight_layout()
-  return _save(fig, out_dir, 'fig3')
+  return fig
 
 
 def _samples(row: Row) -> np.ndarray | None:
@@ -155,11 +173,16 @@ def best_runs(rows: Sequence[Row], families: Sequence[str] = ('gan', 'ebgan', 'e
 
 def figure4(rows: Sequence[Row], out_dir: pathlib.Path, num: int = 64) -> list[pathlib.Path]:
   """Figure 4: samples of the best GAN (a), EBGAN (b) and EBGAN-PT (c)."""
+  return _save_drawn(draw_figure4(rows, num), out_dir, 'fig4')
+
+
+def draw_figure4(rows: Sequence[Row], num: int = 64) -> plt.Figure | None:
+  """Figure 4's matplotlib figure (None when no best run has samples)."""
   best = best_runs(rows)
   panels = [(f, r, _samples(r)) for f, r in best.items()]
   panels = [p for p in panels if p[2] is not None]
   if not panels:
-    return []
+    return None
   fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 5), squeeze=False)
   for ax, (f, row, images), letter in zip(axes[0], panels, 'abc'):
     tile = sample.image_grid(images[:num])
@@ -171,18 +194,23 @@ def figure4(rows: Sequence[Row], out_dir: pathlib.Path, num: int = 64) -> list[p
                  f"lr={row['lr']:g}", fontsize=8)
     ax.axis('off')
   fig.suptitle('Figure 4: generations of the best runs of the grid search')
-  return _save(fig, out_dir, 'fig4')
+  return fig
 
 
 def figure9(rows: Sequence[Row], out_dir: pathlib.Path, per_row: int = 16
             ) -> list[pathlib.Path]:
   """Figure 9: one row of samples per margin m of the sweep, top to bottom by m."""
+  return _save_drawn(draw_figure9(rows, per_row), out_dir, 'fig9')
+
+
+def draw_figure9(rows: Sequence[Row], per_row: int = 16) -> plt.Figure | None:
+  """Figure 9's matplotlib figure (None without margin-sweep runs that have samples)."""
   sweep = sorted((r for r in rows if r.get('variant') == 'margin_sweep'),
                  key=lambda r: r['margin'])
   sweep = [(r, _samples(r)) for r in sweep]
   sweep = [(r, s) for r, s in sweep if s is not None]
   if not sweep:
-    return []
+    return None
   fig, axes = plt.subplots(len(sweep), 1, figsize=(per_row * 0.6, 0.75 * len(sweep) + 0.6),
                            squeeze=False)
   for ax, (row, images) in zip(axes[:, 0], sweep):
@@ -194,7 +222,7 @@ def figure9(rows: Sequence[Row], out_dir: pathlib.Path, per_row: int = 16
                   va='center', fontsize=8)
   fig.suptitle('Figure 9: EBGAN generations for margins m (nLayerG=5, nLayerD=2, sizeG=1600, '
                'sizeD=1024, Adam, lr 0.001)', fontsize=8)
-  return _save(fig, out_dir, 'fig9')
+  return fig
 
 
 FIGURES: dict[str, Callable[..., list[pathlib.Path]]] = {

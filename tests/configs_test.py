@@ -100,18 +100,8 @@ def test_config_variants_are_distinct(name):
   assert len(set(as_json)) == len(as_json), f'{name}: two variants give the same config'
 
 
-_NO_SWEEP = pytest.param(None, marks=pytest.mark.skip(reason='no config defines sweep(add)'))
-
-
-@pytest.mark.parametrize('name', _modules_with('sweep') or [_NO_SWEEP])
-def test_sweep_yields_distinct_settings(name):
-  # A sweep module maps a config to the list of its grid points' configs (configs/mnist_grid.py).
-  module = importlib.import_module(f'configs.{name}')
-  for variant in getattr(module, 'VARIANTS', (None,)):
-    points = module.sweep(_load(name, variant))
-    assert points, f'{name}:{variant} sweep gave nothing'
-    as_json = [p.to_json_best_effort(sort_keys=True) for p in points]
-    assert len(set(as_json)) == len(as_json), f'{name}:{variant} sweep repeats a point'
+# A config's `sweep` (configs/mnist_grid.py, the only one) is tested in grid_search_test.py:
+# sizes, distinct points and distinct run ids of every variant.
 
 
 # -- Figure 4 (App. C) -------------------------------------------------------------------------

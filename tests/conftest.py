@@ -24,6 +24,17 @@ def tfds_data_dir(tmp_path_factory) -> str:
   return str(tmp_path_factory.mktemp('tfds'))
 
 
+@pytest.fixture(scope='session')
+def random_inception(tmp_path_factory):
+  """(variables, path of their PyTorch-named .npz): one random FID Inception-v3 (21.8M
+  parameters) for the session's tests, built and written once."""
+  from ebgan_jax import inception  # pylint: disable=g-import-not-at-top
+  variables = inception.init_variables(0)
+  path = tmp_path_factory.mktemp('inception') / 'inception_random.npz'
+  inception.save_variables(variables, path)
+  return variables, path
+
+
 @contextlib.contextmanager
 def _most_optimizations_disabled():
   """Tiny models, a few steps: compile time dominates, so skip most of XLA's passes."""

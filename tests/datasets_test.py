@@ -204,3 +204,59 @@ def test_unknown_dataset_names_valid_choices(tfds_data_dir):
     input_pipeline.get_builder(config)
   for name in ('mnist', 'fashion_mnist', 'celeb_a'):
     assert repr(name) in str(info.value)
+
+
+# -- per-process shards of an image folder and of a label subset --------------------------------
+
+def _take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def _as_uint8_keys(batches):
+  """Hashable identity of each image of float batches in [-1, 1] (rounded back to uint8)."""
+  images = np.concatenate(batches)
+  return [np.round((im + 1.0) * 127.5).astype(np.uint8).tobytes() for im in images]
+
+
+def _epoch_keys(config, process_index, process_count):
+  steps = input_pipeline.steps_per_epoch(config, process_count)
+  return _as_uint8_keys(_take(input_pipeline.train_batches(
+      config, process_index=process_index, process_count=process_count), steps))
+
+
+def test_two_processes_read_disjoint_halves_of_an_image_folder(tmp_path):
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  files = rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+  for i, image in enumerate(files):  # 16x16 files at image_size 16: no resize, no crop.
+    (folder / f'img{i:02d}.png').write_bytes(tf.io.encode_png(image).numpy())
+  config = _config(str(tmp_path / 'tfds'), image_folder=str(folder), channels=3,
+                   image_size=16, batch_size=4)
+  # 12 files, 2 a process and step: 3 steps an epoch, each process reading 6 files.
+  shards = [_epoch_keys(config, i, 2) for i in (0, 1)]
+  assert [len(k) for k in shards] == [6, 6]
+  assert not set(shards[0]) & set(shards[1])
+  assert set(shards[0]) | set(shards[1]) == {im.tobytes() for im in files}
+
+
+def test_two_processes_read_disjoint_halves_of_a_label_subset(tfds_data_dir):
+  """imagenet2012_dogs: the dog classes of imagenet2012, filtered, then sharded."""
+  config = _config(tfds_data_dir, dataset='imagenet2012_dogs', channels=3, image_size=16,
+                   batch_size=2)
+  input_pipeline._count_subset.cache_clear()  # pylint: disable=protected-access
+  try:
+    with tfds.testing.mock_data(num_examples=100):
+      # The mocked split's dogs, counted here from its labels: ILSVRC classes 151-268.
+      labels = [int(ex['label']) for ex in tfds.as_numpy(
+          tfds.load('imagenet2012', split='train', data_dir=tfds_data_dir))]
+      dogs = sum(151 <= label <= 268 for label in labels)
+      assert dogs == 6 and len(labels) == 100, (dogs, len(labels))  # mock data's draw
+      both = _epoch_keys(config, 0, 1)  # One process: 3 steps of 2 = every dog.
+      shards = [_epoch_keys(config, i, 2) for i in (0, 1)]  # 3 steps of 1 each.
+  finally:
+    input_pipeline._count_subset.cache_clear()  # pylint: disable=protected-access
+  assert len(set(both)) == len(both) == dogs
+  assert [len(k) for k in shards] == [3, 3]
+  assert not set(shards[0]) & set(shards[1])
+  assert set(shards[0]) | set(shards[1]) == set(both)

@@ -4,10 +4,14 @@ import itertools
 import json
 import pathlib
 
-import numpy as np
+import matplotlib
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from ebgan_jax import grid
-from experiments import figures
+from ebgan_jax import grid, sample  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import figures  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _row(family, n_layer_g, n_layer_d, optim_d='adam', optim_g='adam', lr=0.001, margin=10.0,
@@ -45,17 +49,6 @@ def _mkdir(path):
   return path
 
 
-def test_all_figures_are_written_as_png_and_pdf(tmp_path):
-  workdir = _synthetic_workdir(tmp_path)
-  grid.merge(workdir)
-  written = figures.draw_all(figures.load_rows([workdir]), tmp_path / 'figures')
-  assert sorted(written) == ['fig2', 'fig3', 'fig4', 'fig9']
-  for name, paths in written.items():
-    assert [p.suffix for p in paths] == ['.png', '.pdf'], name
-    for path in paths:
-      assert path.stat().st_size > 1000, path
-
-
 def test_best_runs_pick_the_highest_finite_score(tmp_path):
   rows = figures.load_rows([_synthetic_workdir(tmp_path)])
   best = figures.best_runs(rows)
@@ -66,11 +59,111 @@ def test_best_runs_pick_the_highest_finite_score(tmp_path):
   assert best['ebgan']['variant'] != 'margin_sweep'
 
 
-def test_figure3_has_one_panel_per_gan_subgrid(tmp_path):
-  rows = figures.load_rows([_synthetic_workdir(tmp_path)])
-  settings = {(r['optim_d'], r['optim_g'], r['lr']) for r in rows if r['family'] == 'gan'}
-  assert len(settings) == 8  # 2 optimD x 2 optimG x 2 lr in the synthetic table.
-  assert figures.figure3(rows, tmp_path / 'f3')
+# -- the drawn artists against the table ---------------------------------------------------------
+# The expected numbers come from the rows: I' with a NaN run at 0 (the failed bin), 30 bins
+# from 0 to 1.02 x the best score of the runs drawn, each family's bars in % of its runs.
+
+def _scores(rows):
+  return np.array([0.0 if r['nan'] else r['i_prime'] for r in rows])
+
+
+def _percent_histogram(rows, bins):
+  return np.histogram(_scores(rows), bins=bins, weights=np.full(len(rows), 100 / len(rows)))[0]
+
+
+def _bars(ax):
+  """(left edges, heights) of each `hist` drawn on `ax`, in drawing order."""
+  return [(np.array([p.get_x() for p in c.patches]), np.array([p.get_height() for p in c.patches]))
+          for c in ax.containers]
+
+
+def _legend(ax):
+  return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+@pytest.fixture
+def rows(tmp_path):
+  yield figures.load_rows([_synthetic_workdir(tmp_path)])
+  plt.close('all')
+
+
+def test_figure2_histograms_match_the_table(rows):
+  fig = figures.draw_figure2(rows)
+  runs = [r for r in rows if r['family'] in ('ebgan', 'gan') and r['variant'] != 'margin_sweep']
+  bins = np.linspace(0, 1.02 * _scores(runs).max(), 31)
+  assert len(fig.axes) == 3  # (a), (b), (c)
+  for ax, limit in zip(fig.axes, (5, 4, 3)):
+    keep = [r for r in runs if r['n_layer_g'] <= limit and r['n_layer_d'] <= limit]
+    families = [[r for r in keep if r['family'] == f] for f in ('ebgan', 'gan')]
+    drawn = _bars(ax)
+    assert len(drawn) == 2
+    for (left, heights), family in zip(drawn, families):
+      np.testing.assert_allclose(left, bins[:-1], atol=1e-9)
+      np.testing.assert_allclose(heights, _percent_histogram(family, bins), atol=1e-9)
+  # 16 architectures; GAN: x 8 optimization settings, NaN for nLayerG = 5 at lr 0.01 (4 x 4).
+  assert _legend(fig.axes[0]) == ['EBGAN (16 runs)', 'GAN (128 runs, 16 NaN)']
+  assert _legend(fig.axes[1]) == ['EBGAN (9 runs)', 'GAN (72 runs)']
+  assert _legend(fig.axes[2]) == ['EBGAN (4 runs)', 'GAN (32 runs)']
+
+
+def test_figure3_has_one_panel_per_gan_subgrid(rows):
+  fig = figures.draw_figure3(rows)
+  gans = [r for r in rows if r['family'] == 'gan']
+  ebgans = [r for r in rows if r['family'] == 'ebgan' and r['variant'] != 'margin_sweep']
+  bins = np.linspace(0, 1.02 * _scores(gans + ebgans).max(), 31)
+  # 2 optimD x 2 optimG x 2 lr = 8 panels on a 2 x 6 grid; the 4 spare axes are off.
+  assert len(fig.axes) == 12
+  panels = [ax for ax in fig.axes if ax.axison]
+  settings = [(d, g, lr) for d in ('adam', 'sgd') for g in ('adam', 'sgd') for lr in (0.01, 0.001)]
+  assert [ax.get_title() for ax in panels] == [
+      f'optimD={d}, optimG={g}, lr={lr:g}' for d, g, lr in settings]
+  assert not any(ax.containers for ax in fig.axes if not ax.axison)
+  for ax, (d, g, lr) in zip(panels, settings):
+    sub = [r for r in gans if (r['optim_d'], r['optim_g'], r['lr']) == (d, g, lr)]
+    (_, ebgan_heights), (_, gan_heights) = _bars(ax)
+    np.testing.assert_allclose(ebgan_heights, _percent_histogram(ebgans, bins), atol=1e-9)
+    np.testing.assert_allclose(gan_heights, _percent_histogram(sub, bins), atol=1e-9)
+    nan = sum(r['nan'] for r in sub)
+    assert _legend(ax)[1] == 'GAN (16 runs' + (f', {nan} NaN)' if nan else ')')
+
+
+def _sample_file(row):
+  with np.load(pathlib.Path(row['_workdir']) / grid.SAMPLES_DIR / f'{row["run_id"]}.npz') as f:
+    return f['images']
+
+
+def test_figure4_shows_the_samples_of_each_familys_best_run(rows):
+  fig = figures.draw_figure4(rows)
+  assert len(fig.axes) == 3
+  for ax, letter, family, label in zip(fig.axes, 'abc', ('gan', 'ebgan', 'ebgan_pt'),
+                                       ('GAN', 'EBGAN', 'EBGAN-PT')):
+    runs = [r for r in rows if r['family'] == family and not r['nan']
+            and r['variant'] != 'margin_sweep']
+    best = max(runs, key=lambda r: r['i_prime'])
+    assert ax.get_title().startswith(f"({letter}) best {label}: I'={best['i_prime']:.3f}\n")
+    (image,) = ax.images
+    np.testing.assert_array_equal(image.get_array(), sample.image_grid(_sample_file(best))[..., 0])
+
+
+def test_figure9_has_one_row_of_samples_per_margin_in_increasing_order(rows):
+  fig = figures.draw_figure9(rows)
+  sweep = sorted((r for r in rows if r['variant'] == 'margin_sweep'), key=lambda r: r['margin'])
+  assert [r['margin'] for r in sweep] == [1.0, 2.0, 4.0, 32.0]
+  assert len(fig.axes) == 4
+  # I' = m / 4 in the synthetic table.
+  assert [ax.get_ylabel() for ax in fig.axes] == [
+      "m=1\nI'=0.25", "m=2\nI'=0.50", "m=4\nI'=1.00", "m=32\nI'=8.00"]
+  for ax, row in zip(fig.axes, sweep):
+    (image,) = ax.images
+    expected = sample.image_grid(_sample_file(row)[:16], num_cols=16)[..., 0]
+    np.testing.assert_array_equal(image.get_array(), expected)
+
+
+def test_a_figure_without_its_runs_is_skipped(rows, tmp_path):
+  no_gans = [r for r in rows if r['family'] != 'gan']
+  assert figures.draw_figure3(no_gans) is None
+  assert figures.figure3(no_gans, tmp_path / 'f3') == []
+  assert figures.draw_figure9([r for r in rows if r['variant'] != 'margin_sweep']) is None
 
 
 def test_nan_runs_count_in_the_lowest_bin():
@@ -78,9 +171,13 @@ def test_nan_runs_count_in_the_lowest_bin():
   assert figures._score({'i_prime': 3.5, 'nan': False}) == 3.5  # pylint: disable=protected-access
 
 
-def test_cli_writes_into_workdir_figures(tmp_path, capsys):
+def test_cli_writes_every_figure_as_png_and_pdf_into_workdir_figures(tmp_path, capsys):
   workdir = _synthetic_workdir(tmp_path)
+  grid.merge(workdir)  # The merged table is read when present.
   figures.main(['--workdir', str(workdir)])
-  out = json.loads(capsys.readouterr().out)
-  assert (workdir / 'figures' / 'fig2.png').exists()
-  assert out['fig9']
+  written = json.loads(capsys.readouterr().out)
+  assert sorted(written) == ['fig2', 'fig3', 'fig4', 'fig9']
+  for name, paths in written.items():
+    assert paths == [str(workdir / 'figures' / f'{name}.{ext}') for ext in ('png', 'pdf')]
+    for path in map(pathlib.Path, paths):
+      assert path.read_bytes()[:4] in (b'\x89PNG', b'%PDF'), path

@@ -34,25 +34,18 @@ def test_fid_matches_numpy_on_gaussians():
   assert abs(inception.fid(x, x)) < 1e-6
 
 
-@pytest.fixture(scope='module')
-def random_net():
-  return inception.init_variables(0)
-
-
-def test_parameter_count_is_inception_v3_without_classifier(random_net):
+def test_parameter_count_is_inception_v3_without_classifier(random_inception):
   # torchvision's inception_v3: 27,161,264 with the auxiliary head (3,326,696) and the
   # 1000-way classifier (2,049,000); FID uses neither.
-  count = sum(x.size for x in jax.tree.leaves(random_net['params']))
+  count = sum(x.size for x in jax.tree.leaves(random_inception[0]['params']))
   assert count == 27_161_264 - 3_326_696 - 2_049_000
 
 
-def test_features_of_random_net_and_fid_against_numpy(random_net, tmp_path):
+def test_features_of_random_net_and_fid_against_numpy(random_inception):
+  random_net, path = random_inception  # The weights went through the PyTorch-named file.
   rng = np.random.RandomState(0)
   real = rng.randint(0, 256, (6, 24, 24, 3)).astype(np.uint8)  # resized up to 75x75
   fake = np.clip(rng.normal(0.2, 0.5, (5, 24, 24, 3)), -1, 1).astype(np.float32)
-  # Weights through the PyTorch-named file format and back.
-  path = tmp_path / 'inception_random.npz'
-  inception.save_variables(random_net, path)
   with np.load(path) as data:
     assert data['Conv2d_1a_3x3.conv.weight'].shape == (32, 3, 3, 3)  # [out, in, kh, kw]
     assert 'Mixed_7c.branch_pool.bn.running_var' in data.files

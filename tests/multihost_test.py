@@ -9,11 +9,14 @@ whose BatchNorm statistics over the global batch span the two processes.
 """
 
 import importlib
+import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import chex
 import jax
@@ -77,23 +80,29 @@ def fc_overrides(tfds_data_dir, total_steps):
   return {**TINY, 'tfds_data_dir': tfds_data_dir, 'total_steps': total_steps}
 
 
-def run_two_processes(workdir, overrides, config_arg='mnist_fc.py:ebgan_pt'):
-  """Runs both processes of one invocation; returns their stderr texts."""
+def start_two_processes(workdir, overrides, config_arg='mnist_fc.py:ebgan_pt'):
+  """Starts both processes of one invocation (`python -m ebgan_jax.main`); returns them."""
   port = free_port()
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # 1 CPU device each
   env.update(PYTHONPATH=str(REPO), JAX_DISABLE_MOST_OPTIMIZATIONS='true',
              TF_CPP_MIN_LOG_LEVEL='2', CUDA_VISIBLE_DEVICES='')
   procs = []
+  for i in range(NUM_PROCESSES):
+    cmd = [sys.executable, '-m', 'ebgan_jax.main',
+           f'--config={REPO}/configs/{config_arg}', f'--workdir={workdir}',
+           *[f'--config.{k}={v}' for k, v in overrides.items()],
+           f'--coordinator_address=127.0.0.1:{port}', f'--num_processes={NUM_PROCESSES}',
+           f'--process_id={i}']
+    procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True))
+  return procs
+
+
+def wait_for(procs, timeout=TIMEOUT):
+  """Each process's stderr once all have exited (all are killed if one outlives `timeout`);
+  checks that each exited 0 as one of 2 processes."""
   try:
-    for i in range(NUM_PROCESSES):
-      cmd = [sys.executable, '-m', 'ebgan_jax.main',
-             f'--config={REPO}/configs/{config_arg}', f'--workdir={workdir}',
-             *[f'--config.{k}={v}' for k, v in overrides.items()],
-             f'--coordinator_address=127.0.0.1:{port}', f'--num_processes={NUM_PROCESSES}',
-             f'--process_id={i}']
-      procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True))
-    stderrs = [p.communicate(timeout=TIMEOUT)[1] for p in procs]
+    stderrs = [p.communicate(timeout=timeout)[1] for p in procs]
   finally:
     for p in procs:
       if p.poll() is None:
@@ -103,6 +112,11 @@ def run_two_processes(workdir, overrides, config_arg='mnist_fc.py:ebgan_pt'):
     assert p.returncode == 0, f'process {i} failed:\n{err[-4000:]}'
     assert f'JAX process {i} of {NUM_PROCESSES}, 1 local / 2 global devices' in err, err[-2000:]
   return stderrs
+
+
+def run_two_processes(workdir, overrides, config_arg='mnist_fc.py:ebgan_pt'):
+  """Runs both processes of one invocation; returns their stderr texts."""
+  return wait_for(start_two_processes(workdir, overrides, config_arg))
 
 
 def single_process_reference(config, num_steps):
@@ -173,3 +187,48 @@ def test_two_process_conv_run_matches_one_process(tmp_path):
   config = make_config(overrides, CONV_CONFIG)
   assert config.model.family == 'dcgan64' and config.model.width_mult < 1
   assert_checkpoint_matches_one_process(workdir, config, 2)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(
+    tmp_path, tfds_data_dir):
+  """Process 1 alone is signalled. A save is collective, so both must stop after the same
+  call: they agree through an all-gather every 10 calls (`train.StopSignal.should_stop`)."""
+  workdir = tmp_path / 'preempted'
+  overrides = {**fc_overrides(tfds_data_dir, 10**6), 'log_every_steps': 1,
+               'checkpoint_every_steps': 10**6, 'sample_every_steps': 10**6}
+  metrics_file = workdir / 'logs' / 'metrics.jsonl'  # Written by process 0 after each step.
+  procs = start_two_processes(workdir, overrides)
+  try:
+    deadline = time.time() + TIMEOUT
+    while not (metrics_file.exists() and metrics_file.read_text().strip()):
+      assert all(p.poll() is None for p in procs), 'a process exited before training'
+      assert time.time() < deadline, 'no step logged in time'
+      time.sleep(0.05)
+    # Step 1 is done on both (its gradient all-reduce needs both): both are in the loop.
+    procs[1].send_signal(signal.SIGTERM)
+  except BaseException:
+    for p in procs:
+      p.kill()
+      p.wait()
+    raise
+  # At most 10 more (compiled) steps and a save; a process left waiting for the other in a
+  # collective would hang until killed here.
+  stderrs = wait_for(procs, timeout=180)
+  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert len(steps) == 1, (steps, stderrs[1][-3000:])
+  (stop,) = steps
+  # log_every_steps = 1 makes every call one step, so calls = steps: a multiple of 10.
+  assert 0 < stop < 10**6 and stop % 10 == 0, stop
+  assert f'Stopped by SIGTERM at step {stop};' in stderrs[1]
+  assert f'Stopped by a signal to another process at step {stop};' in stderrs[0]
+  records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+  assert records[-1]['step'] == stop
+  config = make_config(overrides)
+  trainer = step.Trainer(config)
+  ckpt = checkpoint.Checkpointer(workdir / 'checkpoints')
+  try:
+    restored = ckpt.restore(stop, trainer.create_state(jax.random.key(0)))
+  finally:
+    ckpt.close()
+  assert int(restored.step) == stop

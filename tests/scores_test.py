@@ -92,10 +92,16 @@ def test_scores_stay_finite_when_softmax_underflows():
   chex.assert_trees_all_close(exact, 100.0 + math.log(0.5), rtol=1e-5)
 
 
-def test_scores_jit():
-  probs = jnp.asarray(_dirichlet_probs(n=16, k=10, seed=3))
-  chex.assert_trees_all_close(jax.jit(scores.modified_inception_score)(probs),
-                              scores.modified_inception_score(probs), rtol=1e-6)
+def test_jitted_scores_match_scipy_kl():
+  probs = _dirichlet_probs(n=16, k=10, seed=3)
+  rows = probs.astype(np.float64)
+  marginal = rows.mean(axis=0)
+  i_prime = np.mean([scipy.stats.entropy(marginal, row) for row in rows])  # KL(p(y) || p(y|x))
+  inception = math.exp(np.mean([scipy.stats.entropy(row, marginal) for row in rows]))
+  chex.assert_trees_all_close(jax.jit(scores.modified_inception_score)(jnp.asarray(probs)),
+                              i_prime, rtol=1e-5)
+  chex.assert_trees_all_close(jax.jit(scores.inception_score)(jnp.asarray(probs)), inception,
+                              rtol=1e-5)
 
 
 # --- Frechet distance ------------------------------------------------------------------------

@@ -142,7 +142,17 @@ def test_d_update_holds_g_fixed_and_g_update_uses_updated_d():
     return d_loss_ref(d0, x)[0]
   leak = jax.jit(jax.grad(d_loss_through_g))(g0)
   assert lr_g * max(float(np.max(np.abs(l))) for l in jax.tree.leaves(leak)) > 1e-4
-  # (iii) Both players moved.
+  # (iii) The pulling-away term's share of G's update (lambda_PT = 0 against 0.1; measured
+  # 2.5e-3) is far above the tolerance of the G comparison (atol 1e-6 + rtol 1e-5 * |p|, at
+  # most ~1e-5 for BN scales near 1): a step that dropped or mis-weighted Eq. (14) fails it.
+  def g_loss_without_pt(g_params, d_params):
+    x = gen.apply({'params': g_params, 'batch_stats': g_stats0}, z, train=True,
+                  mutable=['batch_stats'])[0]
+    rec, _, _ = d_apply(d_params, d_stats1, x)
+    return jnp.mean(ref_energy(x, rec))
+  g_grad_no_pt = jax.jit(jax.grad(g_loss_without_pt))(g0, d1)
+  assert lr_g * max_diff(g_grad, g_grad_no_pt) > 1e-4
+  # (iv) Both players moved.
   assert max_diff(new_state.d.params, d0) > 1e-4 and max_diff(new_state.g.params, g0) > 1e-4
 
 
