@@ -35,5 +35,5 @@ def get_config(arg: str | None = None):
   config = common.conv_config(arg, dataset='celeb_a', family='dcgan64', image_size=64,
                               margin=MARGIN, tiny_width_mult=1 / 32)
   config.center_crop = CENTER_CROP
-  config.num_epochs = 20  # Not in the paper; ~63k steps at batch 64.
+  config.num_epochs = 20  # Not in the paper; 20 x (162,770 // 64) = 50,860 steps at batch 64.
   return config

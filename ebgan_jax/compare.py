@@ -51,19 +51,19 @@ def compare_runs(workdirs: Sequence[paths.PathLike], *, classifier_dir: str | No
       except ValueError:  # No best checkpoint kept.
         rows.append(dict(run=name, checkpoint=which, step=None))
         continue
+      images = scorer.generate(trainer, state) if scorer.enabled else None
+      if which == 'latest':
+        grid = images if images is not None else sample.generate_images(
+            trainer, state, GRID_IMAGES, evaluator_lib.eval_key(config))
+        grids.append((f'{name} (step {step})', grid[:GRID_IMAGES]))
       if step in seen:
         seen[step]['checkpoint'] = 'best = latest'
         continue
-      images = scorer.generate(trainer, state) if scorer.enabled else None
       row = dict(run=name, checkpoint=which, step=step,
                  **(scorer.score_images(images) if images is not None else {}))
+      row.pop('class_histogram', None)
       seen[step] = row
       rows.append(row)
-      if which == 'latest':
-        if images is None:
-          images = sample.generate_images(trainer, state, GRID_IMAGES,
-                                          evaluator_lib.eval_key(config))
-        grids.append((f'{name} (step {step})', images[:GRID_IMAGES]))
     if scorer.kind == 'classifier' and real is None:
       real = dict(run='real digits', checkpoint='train split', step=None,
                   **scorer.real_scores())

@@ -80,11 +80,11 @@ class Evaluator:
       count += len(batch)
     return np.concatenate(real)[:self.num_samples]
 
-  def score_images(self, images: np.ndarray) -> dict[str, float]:
-    """The float scores of generated images (uint8 [N, H, W, C], or floats in [-1, 1])."""
+  def score_images(self, images: np.ndarray) -> dict[str, Any]:
+    """The scores of generated images (uint8 [N, H, W, C], or floats in [-1, 1]): floats,
+    and for the classifier also the `class_histogram` (a list of counts)."""
     if self.kind == 'classifier':
-      result = evaluate.score_images(self.params, images, self.reference)
-      return {k: float(v) for k, v in result.items() if k != 'class_histogram'}
+      return evaluate.score_images(self.params, images, self.reference)
     if self.kind == 'inception':
       fake = self.extractor(images)
       if not np.all(np.isfinite(fake)):
@@ -100,10 +100,11 @@ class Evaluator:
                                   batch_size=self.settings.batch_size)
 
   def __call__(self, trainer: step.Trainer, state: Any) -> dict[str, float]:
-    """Scores of the generator in `state` (EMA params when the run keeps them)."""
+    """The float scores of the generator in `state` (EMA params when the run keeps them)."""
     if not self.enabled:
       return {}
-    return self.score_images(self.generate(trainer, state))
+    return {k: float(v) for k, v in self.score_images(self.generate(trainer, state)).items()
+            if not isinstance(v, list)}
 
   def real_scores(self) -> dict[str, float]:
     """What real data scores (a yardstick): `num_samples` real train digits against the test

@@ -20,28 +20,30 @@ divergence) and their number is given in the legend.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import math
-import pathlib
 from typing import Any, Callable, Iterable, Sequence
 
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
+from absl import app, flags
+from etils import epath
 
-from ebgan_jax import grid, sample
+from ebgan_jax import grid, paths, sample
 
 Row = dict[str, Any]
 COLORS = {'ebgan': 'tab:blue', 'ebgan_pt': 'tab:green', 'gan': 'tab:red'}
 LABELS = {'ebgan': 'EBGAN', 'ebgan_pt': 'EBGAN-PT', 'gan': 'GAN'}
 
 
-def load_rows(workdirs: Iterable[str | pathlib.Path]) -> list[Row]:
+def load_rows(workdirs: Iterable[paths.PathLike]) -> list[Row]:
   """The rows of one or more grid workdirs (merged table if present, else shard tables)."""
   rows: dict[str, Row] = {}
   for workdir in workdirs:
-    workdir = pathlib.Path(workdir)
+    workdir = paths.as_path(workdir)
     merged = workdir / grid.MERGED_JSONL
     found = grid.read_table(merged) if merged.exists() else grid.read_results(workdir)
     for row in found:
@@ -57,13 +59,14 @@ def _score(row: Row, key: str = 'i_prime') -> float:
   return float(value)
 
 
-def _save(fig: plt.Figure, out_dir: pathlib.Path, name: str) -> list[pathlib.Path]:
-  out_dir.mkdir(parents=True, exist_ok=True)
-  paths = [out_dir / f'{name}.png', out_dir / f'{name}.pdf']
-  for path in paths:
-    fig.savefig(path, dpi=150, bbox_inches='tight')
+def _save(fig: plt.Figure, out_dir: epath.Path, name: str) -> list[epath.Path]:
+  files = [out_dir / f'{name}.png', out_dir / f'{name}.pdf']
+  for path in files:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix[1:], dpi=150, bbox_inches='tight')
+    paths.write_atomic(path, buffer.getvalue())
   plt.close(fig)
-  return paths
+  return files
 
 
 def _hist(ax: plt.Axes, groups: dict[str, list[Row]], bins: np.ndarray, title: str) -> None:
@@ -93,13 +96,13 @@ def _by_family(rows: Iterable[Row], families: Sequence[str]) -> dict[str, list[R
   return {f: [r for r in rows if r['family'] == f] for f in families}
 
 
-def _save_drawn(fig: plt.Figure | None, out_dir: pathlib.Path, name: str
-                ) -> list[pathlib.Path]:
+def _save_drawn(fig: plt.Figure | None, out_dir: epath.Path, name: str
+                ) -> list[epath.Path]:
   return [] if fig is None else _save(fig, out_dir, name)
 
 
-def figure2(rows: Sequence[Row], out_dir: pathlib.Path,
-            families: Sequence[str] = ('ebgan', 'gan')) -> list[pathlib.Path]:
+def figure2(rows: Sequence[Row], out_dir: epath.Path,
+            families: Sequence[str] = ('ebgan', 'gan')) -> list[epath.Path]:
   """Figure 2 (a)(b)(c): I' histograms, all runs and nLayer[GD] <= 4, <= 3."""
   return _save_drawn(draw_figure2(rows, families), out_dir, 'fig2')
 
@@ -121,7 +124,7 @@ def draw_figure2(rows: Sequence[Row], families: Sequence[str] = ('ebgan', 'gan')
   return fig
 
 
-def figure3(rows: Sequence[Row], out_dir: pathlib.Path) -> list[pathlib.Path]:
+def figure3(rows: Sequence[Row], out_dir: epath.Path) -> list[epath.Path]:
   """Figure 3: one panel per GAN sub-grid (optimD, optimG, lr) against all EBGAN runs."""
   return _save_drawn(draw_figure3(rows), out_dir, 'fig3')
 
@@ -152,10 +155,10 @@ def draw_figure3(rows: Sequence[Row]) -> plt.Figure | None:
 
 
 def _samples(row: Row) -> np.ndarray | None:
-  path = pathlib.Path(row['_workdir']) / grid.SAMPLES_DIR / f'{row["run_id"]}.npz'
+  path = paths.as_path(row['_workdir']) / grid.SAMPLES_DIR / f'{row["run_id"]}.npz'
   if not path.exists():
     return None
-  with np.load(path) as data:
+  with np.load(io.BytesIO(path.read_bytes())) as data:
     return data['images']  # uint8 [N, H, W, C]
 
 
@@ -171,7 +174,7 @@ def best_runs(rows: Sequence[Row], families: Sequence[str] = ('gan', 'ebgan', 'e
   return best
 
 
-def figure4(rows: Sequence[Row], out_dir: pathlib.Path, num: int = 64) -> list[pathlib.Path]:
+def figure4(rows: Sequence[Row], out_dir: epath.Path, num: int = 64) -> list[epath.Path]:
   """Figure 4: samples of the best GAN (a), EBGAN (b) and EBGAN-PT (c)."""
   return _save_drawn(draw_figure4(rows, num), out_dir, 'fig4')
 
@@ -197,8 +200,8 @@ def draw_figure4(rows: Sequence[Row], num: int = 64) -> plt.Figure | None:
   return fig
 
 
-def figure9(rows: Sequence[Row], out_dir: pathlib.Path, per_row: int = 16
-            ) -> list[pathlib.Path]:
+def figure9(rows: Sequence[Row], out_dir: epath.Path, per_row: int = 16
+            ) -> list[epath.Path]:
   """Figure 9: one row of samples per margin m of the sweep, top to bottom by m."""
   return _save_drawn(draw_figure9(rows, per_row), out_dir, 'fig9')
 
@@ -225,29 +228,35 @@ def draw_figure9(rows: Sequence[Row], per_row: int = 16) -> plt.Figure | None:
   return fig
 
 
-FIGURES: dict[str, Callable[..., list[pathlib.Path]]] = {
+FIGURES: dict[str, Callable[..., list[epath.Path]]] = {
     'fig2': figure2, 'fig3': figure3, 'fig4': figure4, 'fig9': figure9}
 
 
-def draw_all(rows: Sequence[Row], out_dir: str | pathlib.Path) -> dict[str, list[pathlib.Path]]:
+def draw_all(rows: Sequence[Row], out_dir: str | epath.Path) -> dict[str, list[epath.Path]]:
   """Every figure the rows allow; {name: written paths} (empty for a skipped figure)."""
-  out_dir = pathlib.Path(out_dir)
+  out_dir = paths.as_path(out_dir)
   return {name: fn(rows, out_dir) for name, fn in FIGURES.items()}
 
 
-def main(argv=None):
-  import argparse  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--workdir', action='append', required=True,
-                      help='Grid workdir (repeat to combine, e.g. ebgan and gan grids).')
-  parser.add_argument('--out', default='', help='Output folder (default FIRST_WORKDIR/figures).')
-  args = parser.parse_args(argv)
+def run(workdirs: Sequence[paths.PathLike], out: paths.PathLike = '') -> dict[str, list]:
+  """Draws every figure the tables of `workdirs` allow into `out` (default FIRST/figures)."""
+  rows = load_rows(workdirs)
+  out = out or paths.as_path(workdirs[0]) / 'figures'
+  return draw_all(rows, out)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   matplotlib.use('Agg')  # Files only (a notebook importing this module keeps its backend).
-  rows = load_rows(args.workdir)
-  out = args.out or str(pathlib.Path(args.workdir[0]) / 'figures')
-  written = draw_all(rows, out)
+  written = run(FLAGS.workdir, FLAGS.out)
   print(json.dumps({k: [str(p) for p in v] for k, v in written.items()}, indent=1))
 
 
 if __name__ == '__main__':
-  main()
+  flags.DEFINE_multi_string('workdir', None, 'Grid workdir (local or gs://; repeat it to '
+                            'combine tables, e.g. the EBGAN and the GAN grids).', required=True)
+  flags.DEFINE_string('out', '', 'Output folder for fig{2,3,4,9}.{png,pdf} (default '
+                      'FIRST_WORKDIR/figures).')
+  FLAGS = flags.FLAGS
+  app.run(main)

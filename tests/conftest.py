@@ -18,9 +18,18 @@ if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))  # `configs` is a top-level folder, not installed.
 
 
+@pytest.fixture(scope='session', autouse=True)
+def classifier_cache(tmp_path_factory):
+  """The offline classifiers the tests train go to a cache of their own (inherited by the
+  tests' subprocesses), never to ~/.cache/ebgan_jax."""
+  path = tmp_path_factory.mktemp('classifier_cache')
+  os.environ['EBGAN_JAX_CACHE'] = str(path)
+  return path
+
+
 @pytest.fixture(scope='session')
 def tfds_data_dir(tmp_path_factory) -> str:
-  """One prepared-data folder shared by the session's tests (the IDX digits prepare once)."""
+  """One tfds data folder shared by the session's tests (mock data, prepared splits)."""
   return str(tmp_path_factory.mktemp('tfds'))
 
 

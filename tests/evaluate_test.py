@@ -99,6 +99,7 @@ def test_evaluate_workdir_writes_json_and_tensorboard(tmp_path, tfds_data_dir, c
   config.model.n_layer_g, config.model.size_g, config.model.size_d = 2, 16, 8
   config.model.latent_dim = 8
   config.batch_size, config.total_steps = 16, 2
+  config.eval_every_steps = 0
   workdir = tmp_path / 'run'
   train.train_and_evaluate(config, str(workdir))
   result = evaluate.evaluate_workdir(workdir, classifier_dir=clf[0], num_samples=40)

@@ -171,13 +171,13 @@ def test_nan_runs_count_in_the_lowest_bin():
   assert figures._score({'i_prime': 3.5, 'nan': False}) == 3.5  # pylint: disable=protected-access
 
 
-def test_cli_writes_every_figure_as_png_and_pdf_into_workdir_figures(tmp_path, capsys):
+def test_every_figure_is_written_as_png_and_pdf_into_workdir_figures(tmp_path):
   workdir = _synthetic_workdir(tmp_path)
   grid.merge(workdir)  # The merged table is read when present.
-  figures.main(['--workdir', str(workdir)])
-  written = json.loads(capsys.readouterr().out)
+  written = figures.run([workdir])
   assert sorted(written) == ['fig2', 'fig3', 'fig4', 'fig9']
   for name, paths in written.items():
+    paths = [str(p) for p in paths]
     assert paths == [str(workdir / 'figures' / f'{name}.{ext}') for ext in ('png', 'pdf')]
     for path in map(pathlib.Path, paths):
       assert path.read_bytes()[:4] in (b'\x89PNG', b'%PDF'), path

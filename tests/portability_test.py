@@ -34,6 +34,7 @@ def _configs(root: pathlib.Path, steps: int):
   gan.batch_size, gan.total_steps, gan.steps_per_call = 8, steps, 1
   gan.log_every_steps = gan.checkpoint_every_steps = gan.sample_every_steps = 2
   gan.num_sample_images = 4
+  gan.eval_every_steps = 0  # Scores while training: evaluator_test.py.
   gan.tfds_data_dir = str(root.parent / 'tfds')
   ssl = mnist_ssl.get_config('ladder,runlocal')
   ssl.model.ladder_widths = (32, 16, 10)
@@ -46,23 +47,22 @@ def _configs(root: pathlib.Path, steps: int):
 
 
 def train_first(root: pathlib.Path) -> None:
-  """Trains both runs for FIRST_STEPS; writes a random classifier and Inception weights."""
-  from ebgan_jax import classifier, inception, semi_supervised, train  # pylint: disable=g-import-not-at-top
+  """Trains both runs for FIRST_STEPS; writes a random classifier."""
+  from ebgan_jax import classifier, semi_supervised, train  # pylint: disable=g-import-not-at-top
   gan, ssl = _configs(root, FIRST_STEPS)
   train.train_and_evaluate(gan, root / 'gan')
   semi_supervised.train_and_evaluate(ssl, root / 'ssl')
   classifier.save_classifier(root / 'classifier', classifier.init_params(jax.random.key(1)),
                              {'test_accuracy': 0.1})
-  inception.save_variables(inception.init_variables(), root / 'inception.npz')
 
 
-def use_elsewhere(root: pathlib.Path) -> dict:
+def use_elsewhere(root: pathlib.Path, inception_weights: pathlib.Path) -> dict:
   """Resumes, samples, scores and FIDs the runs of `train_first`; returns what it saw."""
   from ebgan_jax import evaluate, inception, sample, semi_supervised, train  # pylint: disable=g-import-not-at-top
   trainer, state, step = sample.load_generator(root / 'gan')
   images = sample.generate_images(trainer, state, 6, jax.random.key(0))
   scores = evaluate.evaluate_workdir(root / 'gan', root / 'classifier', num_samples=20)
-  fid, fid_step = inception.fid_of_run(root / 'gan', str(root / 'inception.npz'), num=8,
+  fid, fid_step = inception.fid_of_run(root / 'gan', str(inception_weights), num=8,
                                        batch_size=8, input_size=inception.MIN_INPUT_SIZE)
   gan, ssl = _configs(root, MORE_STEPS)
   gan_state = train.train_and_evaluate(gan, root / 'gan')
@@ -93,12 +93,13 @@ def _logged_steps(root: pathlib.Path, run: str) -> list[int]:
   return sorted({json.loads(line)['step'] for line in lines if 'train/d_loss' in line})
 
 
-def _subprocess(use: pathlib.Path, train: pathlib.Path) -> dict:
+def _subprocess(use: pathlib.Path, train: pathlib.Path, weights: pathlib.Path) -> dict:
   """Runs this file with 1 device: `use_elsewhere(use)`, then `train_first(train)`."""
   env = {**os.environ, 'PYTHONPATH': str(REPO), 'TF_CPP_MIN_LOG_LEVEL': '2',
          'XLA_FLAGS': '--xla_force_host_platform_device_count=1',
          'JAX_DISABLE_MOST_OPTIMIZATIONS': 'true', 'CUDA_VISIBLE_DEVICES': ''}
-  result = subprocess.run([sys.executable, __file__, str(use), str(train)], env=env, cwd=REPO,
+  result = subprocess.run([sys.executable, __file__, str(use), str(train), str(weights)],
+                          env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=900, check=False)
   assert result.returncode == 0, result.stderr[-4000:]
   return json.loads(result.stdout.strip().splitlines()[-1])
@@ -121,22 +122,23 @@ def _check(root: pathlib.Path, seen: dict, before: dict[str, str], devices: int)
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures('fast_compiles_module')]
 
 
-def test_two_devices_to_one_and_one_to_two(tmp_path):
+def test_two_devices_to_one_and_one_to_two(tmp_path, random_inception):
   """One subprocess (1 device) uses the runs trained here (2 devices), then trains its own,
   which this process then uses: both directions for the cost of one process start."""
   here, there = tmp_path / 'from_2', tmp_path / 'from_1'
   train_first(here)
   before = _first_checkpoints(here)
-  seen = _subprocess(here, there)
+  weights = random_inception[1]
+  seen = _subprocess(here, there, weights)
   _check(here, seen, before, devices=1)
   before = _first_checkpoints(there)
-  _check(there, use_elsewhere(there), before, devices=2)
+  _check(there, use_elsewhere(there, weights), before, devices=2)
 
 
 if __name__ == '__main__':
   sys.path.insert(0, str(REPO))
   from ebgan_jax import checkpoint  # pylint: disable=g-import-not-at-top
   checkpoint.quiet_orbax_logs()
-  observed = use_elsewhere(pathlib.Path(sys.argv[1]))
+  observed = use_elsewhere(pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[3]))
   train_first(pathlib.Path(sys.argv[2]))
   print(json.dumps(observed))

@@ -26,6 +26,7 @@ def tiny_config(tfds_data_dir: str, total_steps: int):
   config.batch_size, config.total_steps, config.steps_per_call = 8, total_steps, 1
   config.log_every_steps = config.checkpoint_every_steps = config.sample_every_steps = 2
   config.num_sample_images = 4
+  config.eval_every_steps = 0  # Scores while training: evaluator_test.py.
   config.tfds_data_dir = tfds_data_dir
   return config
 

@@ -41,7 +41,7 @@ sys.meta_path[:] = [PathFinderWithoutTensorFlow if f is importlib.machinery.Path
 TINY_DEMO = ['--config.model.size_g=32', '--config.model.size_d=32', '--config.model.n_layer_g=2',
              '--config.batch_size=8', '--config.total_steps=4', '--config.log_every_steps=2',
              '--config.checkpoint_every_steps=2', '--config.sample_every_steps=4',
-             '--config.num_sample_images=4']
+             '--config.num_sample_images=4', '--config.eval_every_steps=0']
 
 
 @pytest.fixture(scope='module')

@@ -29,6 +29,7 @@ TINY = {
     'model.size_g': 32, 'model.size_d': 32, 'model.n_layer_g': 2, 'batch_size': 8,
     'log_every_steps': 2, 'checkpoint_every_steps': 2, 'sample_every_steps': 4,
     'num_sample_images': 16, 'keep_checkpoints': 3,
+    'eval_every_steps': 0,  # Scores while training: evaluator_test.py.
 }
 TIMEOUT = 300  # seconds, for any one subprocess
 
