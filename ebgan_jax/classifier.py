@@ -27,7 +27,6 @@ the embedded digits and saves it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -39,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from absl import app, flags
 
 from ebgan_jax import paths
 from ebgan_jax.data import idx
@@ -296,30 +296,32 @@ def read_idx_split(folder: str | os.PathLike, split: str) -> tuple[np.ndarray, n
   return images.astype(np.float32) / 127.5 - 1.0, labels.astype(np.int32)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str]) -> None:
   """Trains the classifier on an IDX folder (default: the embedded digits) and saves it."""
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--out_dir', required=True, help='Where to save the classifier.')
-  parser.add_argument('--idx_dir', default=str(EMBEDDED_MNIST_DIR),
-                      help='Folder of MNIST-format IDX files (train and t10k).')
-  parser.add_argument('--num_epochs', type=int, default=3)
-  parser.add_argument('--batch_size', type=int, default=32)
-  parser.add_argument('--seed', type=int, default=0)
-  args = parser.parse_args(argv)
-  train_images, train_labels = read_idx_split(args.idx_dir, 'train')
-  test_images, test_labels = read_idx_split(args.idx_dir, 'test')
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  train_images, train_labels = read_idx_split(FLAGS.idx_dir, 'train')
+  test_images, test_labels = read_idx_split(FLAGS.idx_dir, 'test')
   start = time.time()
   params, test_accuracy = train_classifier(
-      train_images, train_labels, test_images, test_labels, num_epochs=args.num_epochs,
-      batch_size=args.batch_size, seed=args.seed)
+      train_images, train_labels, test_images, test_labels, num_epochs=FLAGS.num_epochs,
+      batch_size=FLAGS.batch_size, seed=FLAGS.seed)
   seconds = time.time() - start
-  save_classifier(args.out_dir, params, dict(
-      test_accuracy=test_accuracy, train_seconds=round(seconds, 1), num_epochs=args.num_epochs,
-      batch_size=args.batch_size, seed=args.seed, idx_dir=str(args.idx_dir),
+  save_classifier(FLAGS.out_dir, params, dict(
+      test_accuracy=test_accuracy, train_seconds=round(seconds, 1), num_epochs=FLAGS.num_epochs,
+      batch_size=FLAGS.batch_size, seed=FLAGS.seed, idx_dir=str(FLAGS.idx_dir),
       num_train=int(train_images.shape[0]), num_test=int(test_images.shape[0])))
   print(f'test accuracy {test_accuracy:.4f} on {test_images.shape[0]} images after '
-        f'{args.num_epochs} epochs ({seconds:.1f} s); saved to {args.out_dir}')
+        f'{FLAGS.num_epochs} epochs ({seconds:.1f} s); saved to {FLAGS.out_dir}')
 
 
 if __name__ == '__main__':
-  main()
+  flags.DEFINE_string('out_dir', None, 'Where to save the classifier (local or gs://).',
+                      required=True)
+  flags.DEFINE_string('idx_dir', str(EMBEDDED_MNIST_DIR),
+                      'Folder of MNIST-format IDX files (train and t10k).')
+  flags.DEFINE_integer('num_epochs', 3, 'Passes over the train split.')
+  flags.DEFINE_integer('batch_size', 32, 'Batch size.')
+  flags.DEFINE_integer('seed', 0, 'Seed of the initialisation and the data order.')
+  FLAGS = flags.FLAGS
+  app.run(main)

@@ -78,6 +78,9 @@ def get_classifier(config: ml_collections.ConfigDict, directory: str | os.PathLi
                    meta.get('test_accuracy', float('nan')))
       return params, meta
     settings = eval_settings(config)
+    logging.info('Training the offline classifier of %s (App. C; once per dataset, then '
+                 'cached in %s): %d epochs.', config.data_dir or config.dataset, directory,
+                 settings.classifier_epochs)
     train_images, train_labels = data.split_arrays(config, 'train')
     if settings.classifier_train_examples > 0:
       train_images = train_images[:settings.classifier_train_examples]
@@ -148,11 +151,18 @@ def _scores(params: Any, images: jax.Array, reference: Reference, min_count: int
   probs = jnp.exp(log_probs)
   mu, sigma = scores.feature_statistics(feats)
   histogram = scores.class_histogram(probs, NUM_CLASSES)
+  # The Frechet distance is symmetric: the factor with fewer rows (the generated side's own
+  # features, when fewer than the reference's) sets the size of its eigenproblem.
+  if feats.shape[0] < reference.factor.shape[0]:
+    fid = scores.frechet_distance(reference.mu, reference.sigma, mu, sigma,
+                                  factor2=scores.covariance_factor(sigma, feats))
+  else:
+    fid = scores.frechet_distance(mu, sigma, reference.mu, reference.sigma,
+                                  factor2=reference.factor)
   out = {
       'i_prime': scores.modified_inception_score(probs, log_probs),
       'inception_score': scores.inception_score(probs, log_probs),
-      'classifier_fid': scores.frechet_distance(mu, sigma, reference.mu, reference.sigma,
-                                                factor2=reference.factor),
+      'classifier_fid': fid,
       'class_histogram': histogram,
       'modes_covered': scores.modes_covered(histogram, min_count),
   }

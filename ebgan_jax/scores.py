@@ -301,9 +301,18 @@ def _squared_distances(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.maximum(jnp.sum(a * a, -1)[:, None] + jnp.sum(b * b, -1)[None, :] - 2 * cross, 0.0)
 
 
+def _kth_smallest(rows: jax.Array, k: int) -> jax.Array:
+  """The k-th smallest entry of each row (k = 0: the minimum), by k + 1 passes of min-and-mask
+  (for the small k of a nearest-neighbour radius, far cheaper than top_k or a sort on a CPU;
+  ties are masked together, which only matters for duplicated points)."""
+  for _ in range(k):
+    rows = jnp.where(rows <= jnp.min(rows, axis=1, keepdims=True), jnp.inf, rows)
+  return jnp.min(rows, axis=1)
+
+
 def _knn_radii(x: jax.Array, k: int) -> jax.Array:
   """Squared distance from each x_i to its k-th nearest neighbour in x (itself excluded)."""
-  radii = [-jax.lax.top_k(-_squared_distances(block, x), k + 1)[0][:, k] for block in _blocks(x)]
+  radii = [_kth_smallest(_squared_distances(block, x), k) for block in _blocks(x)]
   return jnp.concatenate(radii)
 
 

@@ -10,11 +10,11 @@ load from other processes hits them alike.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import jax
 import jax.numpy as jnp
+from absl import app, flags
 
 from ebgan_jax.models import dcgan
 
@@ -59,13 +59,10 @@ def _grad_fn(name: str, model, batch: int):
   return jax.jit(jax.grad(loss, argnums=(0, 1))), (variables['params'], inputs)
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--batch', type=int, default=64)
-  parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--models', default='ae,g,binary')
-  parser.add_argument('--variants', default=','.join(VARIANTS))
-  args = parser.parse_args()
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  args = FLAGS
   print(f'backend={jax.default_backend()} devices={jax.devices()} batch={args.batch}')
   for name in args.models.split(','):
     fns = {}
@@ -92,4 +89,9 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-  main()
+  flags.DEFINE_integer('batch', 64, 'Batch size.')
+  flags.DEFINE_integer('repeats', 3, 'Timed repeats (the best is reported).')
+  flags.DEFINE_string('models', 'ae,g,binary', 'Models to time, comma-separated.')
+  flags.DEFINE_string('variants', ','.join(VARIANTS), 'Lowerings to time, comma-separated.')
+  FLAGS = flags.FLAGS
+  app.run(main)

@@ -8,7 +8,7 @@
 This file exists only to measure the baseline that issue #5 quotes (a PyTorch 2.x eager
 version of the same networks on the same CPU) next to `experiments/benchmark.py`'s JAX
 numbers; it is not part of the library, PyTorch is not a project dependency, and nothing
-imports it. It needs only `torch` (run it from a separate virtual environment).
+imports it. It needs only `torch` and `absl-py` (run it from a separate virtual environment).
 
 The networks are those of `ebgan_jax/models/dcgan.py` (App. C): the 64x64 DCGAN-like
 generator (512)4c-(256)4c2s-(128)4c2s-(64)4c2s-(3)4c2s with BN + ReLU and tanh, the
@@ -26,11 +26,11 @@ there. Adam: lr 0.0002, betas (0.5, 0.999). Synthetic images, as in benchmark.py
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 import torch
+from absl import app, flags
 from torch import nn
 
 LEAKY_SLOPE = 0.2
@@ -228,22 +228,10 @@ def time_step(train_step, seconds: float, min_steps: int) -> float:
       return elapsed / steps
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--configs', default=','.join(CONFIGS))
-  parser.add_argument('--batch', type=int, default=0, help='0: 64 at 64x64, 16 at 128x128.')
-  parser.add_argument('--threads', type=int, default=2)
-  parser.add_argument('--seconds', type=float, default=10.0)
-  parser.add_argument('--min_steps', type=int, default=2)
-  parser.add_argument('--warmup_steps', type=int, default=2)
-  parser.add_argument('--rounds', type=int, default=1)
-  parser.add_argument('--device', default='cpu', help="e.g. 'cuda'")
-  parser.add_argument('--bf16', action='store_true', help='bf16 autocast (fp32 parameters).')
-  parser.add_argument('--channels_last', action='store_true', help='NHWC activations.')
-  parser.add_argument('--compile', action='store_true', help='torch.compile G and D.')
-  parser.add_argument('--parts', action='store_true',
-                      help='Also time G and D forward + backward alone.')
-  args = parser.parse_args()
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  args = FLAGS
   torch.set_num_threads(args.threads)
   torch.manual_seed(0)
   print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, '
@@ -273,4 +261,17 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-  main()
+  flags.DEFINE_string('configs', ','.join(CONFIGS), 'Configs to time, comma-separated.')
+  flags.DEFINE_integer('batch', 0, '0: 64 at 64x64, 16 at 128x128.')
+  flags.DEFINE_integer('threads', 2, 'torch CPU threads.')
+  flags.DEFINE_float('seconds', 10.0, 'Timed seconds per measurement.')
+  flags.DEFINE_integer('min_steps', 2, 'Timed steps per measurement at least.')
+  flags.DEFINE_integer('warmup_steps', 2, 'Untimed steps first.')
+  flags.DEFINE_integer('rounds', 1, 'Timed rounds over all configs.')
+  flags.DEFINE_string('device', 'cpu', "torch device, e.g. 'cuda'.")
+  flags.DEFINE_bool('bf16', False, 'bf16 autocast (fp32 parameters).')
+  flags.DEFINE_bool('channels_last', False, 'NHWC activations.')
+  flags.DEFINE_bool('compile', False, 'torch.compile G and D.')
+  flags.DEFINE_bool('parts', False, 'Also time G and D forward + backward alone.')
+  FLAGS = flags.FLAGS
+  app.run(main)

@@ -93,16 +93,26 @@ def _logged_steps(root: pathlib.Path, run: str) -> list[int]:
   return sorted({json.loads(line)['step'] for line in lines if 'train/d_loss' in line})
 
 
-def _subprocess(use: pathlib.Path, train: pathlib.Path, weights: pathlib.Path) -> dict:
+def _subprocess(use: pathlib.Path, train: pathlib.Path, weights: pathlib.Path,
+                cache: pathlib.Path) -> dict:
   """Runs this file with 1 device: `use_elsewhere(use)`, then `train_first(train)`."""
   env = {**os.environ, 'PYTHONPATH': str(REPO), 'TF_CPP_MIN_LOG_LEVEL': '2',
          'XLA_FLAGS': '--xla_force_host_platform_device_count=1',
-         'JAX_DISABLE_MOST_OPTIMIZATIONS': 'true', 'CUDA_VISIBLE_DEVICES': ''}
+         'JAX_DISABLE_MOST_OPTIMIZATIONS': 'true', 'CUDA_VISIBLE_DEVICES': '',
+         **_compilation_cache_env(cache)}
   result = subprocess.run([sys.executable, __file__, str(use), str(train), str(weights)],
                           env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=900, check=False)
   assert result.returncode == 0, result.stderr[-4000:]
   return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _compilation_cache_env(cache: pathlib.Path) -> dict[str, str]:
+  """JAX's persistent compilation cache: each side compiles its programs once (resuming and
+  training the same config twice in one process would otherwise compile them twice)."""
+  return {'JAX_COMPILATION_CACHE_DIR': str(cache),
+          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+          'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
 
 
 def _check(root: pathlib.Path, seen: dict, before: dict[str, str], devices: int) -> None:
@@ -129,7 +139,7 @@ def test_two_devices_to_one_and_one_to_two(tmp_path, random_inception):
   train_first(here)
   before = _first_checkpoints(here)
   weights = random_inception[1]
-  seen = _subprocess(here, there, weights)
+  seen = _subprocess(here, there, weights, tmp_path / 'jax_cache')
   _check(here, seen, before, devices=1)
   before = _first_checkpoints(there)
   _check(there, use_elsewhere(there, weights), before, devices=2)
