@@ -116,14 +116,20 @@ class Reference:
   num_images: int
   factor: jax.Array | None = None  # [R, F]; None: the square root of sigma, computed here.
   features: jax.Array | None = None  # [N, F]; for KID and precision/recall (None: not scored).
+  kid_self: jax.Array | None = None  # `scores.kid_self_term(features)`, computed once.
+  radii: jax.Array | None = None     # `scores.knn_radii(features)`, computed once.
 
   def __post_init__(self):
     if self.factor is None:
       self.factor = jax.jit(scores.covariance_factor)(jnp.asarray(self.sigma))
+    if self.features is not None and self.kid_self is None:
+      self.kid_self = jax.jit(scores.kid_self_term)(self.features)
+      self.radii = jax.jit(scores.knn_radii)(self.features)
 
 
-jax.tree_util.register_dataclass(Reference, data_fields=['mu', 'sigma', 'factor', 'features'],
-                                 meta_fields=['num_images'])
+jax.tree_util.register_dataclass(
+    Reference, data_fields=['mu', 'sigma', 'factor', 'features', 'kid_self', 'radii'],
+    meta_fields=['num_images'])
 
 
 def reference_from_images(params: Any, images: np.ndarray | jax.Array) -> Reference:
@@ -167,8 +173,10 @@ def _scores(params: Any, images: jax.Array, reference: Reference, min_count: int
       'modes_covered': scores.modes_covered(histogram, min_count),
   }
   if reference.features is not None:
-    out['kid'] = scores.kernel_inception_distance(feats, reference.features)
-    out['precision'], out['recall'] = scores.precision_recall(reference.features, feats)
+    out['kid'] = scores.kernel_inception_distance(feats, reference.features,
+                                                  self_term2=reference.kid_self)
+    out['precision'], out['recall'] = scores.precision_recall(
+        reference.features, feats, real_radii=reference.radii)
   return out
 
 

@@ -94,7 +94,7 @@ def load_generator(workdir: paths.PathLike, which: str | int = 'latest'
 def generate_images(trainer: step.Trainer, state: step.TrainState, num: int, key: jax.Array,
                     batch_size: int = 500) -> np.ndarray:
   """`num` images from G in inference mode (EMA params if enabled), uint8 [num, H, W, C]."""
-  gen = jax.jit(trainer.generate)
+  gen = trainer.jit_generate
   out = []
   for i, start in enumerate(range(0, num, batch_size)):
     z_key, noise_key = jax.random.split(jax.random.fold_in(key, i))
@@ -124,8 +124,8 @@ def interpolations(trainer: step.Trainer, state: step.TrainState, rows: int, col
   """uint8 [rows, columns, H, W, C]: each row G(slerp(z_a, z_b)) for a random pair."""
   z = trainer.sample_latents(key, 2 * rows)  # [2 rows, D]
   path = jax.vmap(lambda a, b: slerp(a, b, columns))(z[:rows], z[rows:])  # [rows, cols, D]
-  images = jax.jit(trainer.generate)(trainer.sample_params(state), state.g.batch_stats,
-                                     path.reshape(rows * columns, -1))
+  images = trainer.jit_generate(trainer.sample_params(state), state.g.batch_stats,
+                                path.reshape(rows * columns, -1))
   return to_uint8(images).reshape(rows, columns, *images.shape[1:])
 
 

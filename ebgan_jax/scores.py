@@ -270,7 +270,15 @@ def _kernel_sums(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
   return total, diagonal
 
 
-def kernel_inception_distance(features1: jax.Array, features2: jax.Array) -> jax.Array:
+def kid_self_term(features: jax.Array) -> jax.Array:
+  """E k(y, y') over distinct pairs of one set: the part of KID a fixed reference repeats."""
+  y = _at_least_float32(features)
+  total, diagonal = _kernel_sums(y, y)
+  return (total - diagonal) / (y.shape[0] * (y.shape[0] - 1))
+
+
+def kernel_inception_distance(features1: jax.Array, features2: jax.Array, *,
+                              self_term2: jax.Array | None = None) -> jax.Array:
   """KID (Bińkowski et al., 2018): the unbiased estimate of MMD^2 under a cubic kernel.
 
   MMD^2 = E k(x, x') + E k(y, y') - 2 E k(x, y) with k(x, y) = (x . y / d + 1)^3, each
@@ -281,18 +289,16 @@ def kernel_inception_distance(features1: jax.Array, features2: jax.Array) -> jax
   Args:
     features1: [N, d] (e.g. generated samples' features), N >= 2.
     features2: [M, d] (e.g. the real test split's), M >= 2.
+    self_term2: `kid_self_term(features2)`, when computed once for many calls.
   Returns:
     Scalar MMD^2 estimate (may be slightly negative for near-identical distributions).
   """
   x, y = _at_least_float32(features1), _at_least_float32(features2)
   if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or min(len(x), len(y)) < 2:
     raise ValueError(f'Expected features [N >= 2, d] and [M >= 2, d], got {x.shape}, {y.shape}.')
-  n, m = x.shape[0], y.shape[0]
-  xx, xx_diag = _kernel_sums(x, x)
-  yy, yy_diag = _kernel_sums(y, y)
   xy, _ = _kernel_sums(x, y)
-  return ((xx - xx_diag) / (n * (n - 1)) + (yy - yy_diag) / (m * (m - 1))
-          - 2.0 * xy / (n * m))
+  yy = kid_self_term(y) if self_term2 is None else self_term2
+  return kid_self_term(x) + yy - 2.0 * xy / (x.shape[0] * y.shape[0])
 
 
 def _squared_distances(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -323,8 +329,14 @@ def _coverage(points: jax.Array, centres: jax.Array, radii: jax.Array) -> jax.Ar
   return jnp.mean(jnp.concatenate(inside).astype(jnp.float32))
 
 
+def knn_radii(features: jax.Array, k: int = PR_NEIGHBOURS) -> jax.Array:
+  """Squared distance from each sample to its k-th nearest neighbour in its own set, [N]."""
+  return _knn_radii(_at_least_float32(features), k)
+
+
 def precision_recall(real_features: jax.Array, fake_features: jax.Array,
-                     k: int = PR_NEIGHBOURS) -> tuple[jax.Array, jax.Array]:
+                     k: int = PR_NEIGHBOURS, *, real_radii: jax.Array | None = None
+                     ) -> tuple[jax.Array, jax.Array]:
   """Improved precision and recall (Kynkäänniemi et al., 2019), in a feature space.
 
   Each set's manifold is the union of balls around its samples reaching their k-th nearest
@@ -338,6 +350,7 @@ def precision_recall(real_features: jax.Array, fake_features: jax.Array,
     real_features: [N, d], N > k.
     fake_features: [M, d], M > k.
     k: the neighbour that sets each ball's radius.
+    real_radii: `knn_radii(real_features, k)`, when computed once for many calls.
   Returns:
     (precision, recall), scalars in [0, 1].
   """
@@ -345,6 +358,7 @@ def precision_recall(real_features: jax.Array, fake_features: jax.Array,
   if min(len(real), len(fake)) <= k or real.shape[1] != fake.shape[1]:
     raise ValueError(f'Expected features [N > {k}, d] and [M > {k}, d], got {real.shape}, '
                      f'{fake.shape}.')
-  precision = _coverage(fake, real, _knn_radii(real, k))
+  real_radii = _knn_radii(real, k) if real_radii is None else real_radii
+  precision = _coverage(fake, real, real_radii)
   recall = _coverage(real, fake, _knn_radii(fake, k))
   return precision, recall

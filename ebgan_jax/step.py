@@ -12,6 +12,7 @@ pure function of it.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Callable, ContextManager
 
 import flax
@@ -173,6 +174,12 @@ class Trainer:
     rngs = {'noise': noise_key if noise_key is not None else jax.random.key(0)}
     return self.generator.apply({'params': g_params, 'batch_stats': g_batch_stats}, z,
                                 train=False, rngs=rngs)
+
+  @functools.cached_property
+  def jit_generate(self) -> Callable[..., jax.Array]:
+    """`generate`, jitted once per trainer (so repeated sampling, as every evaluation does,
+    traces and compiles it once per batch shape)."""
+    return jax.jit(self.generate)
 
   # -- the step -------------------------------------------------------------------------------
   def _d_forward(self, params, batch_stats, x, key):

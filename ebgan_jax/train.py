@@ -220,7 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
               *((eval_every,) if evaluator and evaluator.enabled else ()))
   batches = data.train_batches(config, start_step=start)
   sample_z = trainer.sample_latents(sample_key, config.num_sample_images)
-  generate = jax.jit(trainer.generate)
+  generate = trainer.jit_generate
   writer = metric_writer.MetricWriter(workdir / 'logs')
   buffer = MetricsBuffer()
 

@@ -9,7 +9,7 @@ import pytest
 import scipy.special
 
 from configs import mnist_fc, mnist_grid
-from ebgan_jax import classifier, evaluate, input_pipeline, train
+from ebgan_jax import classifier, data, evaluate, train
 
 
 @pytest.fixture(scope='module')
@@ -20,11 +20,12 @@ def clf(tmp_path_factory):
   return path, params
 
 
-def test_score_images_against_numpy_and_scipy(clf):
+@pytest.mark.parametrize('num_images', [300, 120])  # 120: fewer than the reference's 300
+def test_score_images_against_numpy_and_scipy(clf, num_images):
   _, params = clf
   rng = np.random.default_rng(0)
-  images = rng.uniform(-1, 1, size=(300, 32, 32, 1)).astype(np.float32)
   ref_images = rng.uniform(-1, 1, (300, 32, 32, 1)).astype(np.float32)
+  images = rng.uniform(-1, 1, size=(num_images, 32, 32, 1)).astype(np.float32)
   ref_feats = np.asarray(classifier.features(params, ref_images), np.float64)
   mu_r, sigma_r = ref_feats.mean(0), np.cov(ref_feats, rowvar=False)
   # As `reference_statistics` builds the test split's (fewer images than the 2,048 features).
@@ -49,14 +50,25 @@ def test_score_images_against_numpy_and_scipy(clf):
   fid = np.sum((mu - mu_r) ** 2) + np.trace(sigma) + np.trace(sigma_r) - 2 * tr_sqrt
   np.testing.assert_allclose(got['i_prime'], i_prime, rtol=1e-3, atol=1e-5)
   np.testing.assert_allclose(got['inception_score'], inception, rtol=1e-3)
-  # 300 images, 2,048 features: both covariances are rank-deficient. The reference's factor
-  # comes from its features, so no square root of a rank-deficient matrix is taken and
-  # float32 holds ~1e-5 of tr S + tr S_r (`scores.frechet_distance`; measured 4e-7 here,
-  # against 6e-4 when the reference's sigma is rooted instead).
-  np.testing.assert_allclose(got['classifier_fid'], fid, atol=1e-5 * (np.trace(sigma) + np.trace(sigma_r)))
+  # 300 (or 120) images, 2,048 features: both covariances are rank-deficient. The factor of
+  # the side with fewer images comes from its features (the reference's, or at 120 the
+  # generated images'), so no square root of a rank-deficient matrix is taken and float32
+  # holds ~1e-5 of tr S + tr S_r (`scores.frechet_distance`; measured 4e-7 here, against
+  # 6e-4 when the reference's sigma is rooted instead).
+  np.testing.assert_allclose(got['classifier_fid'], fid,
+                             atol=1e-5 * (np.trace(sigma) + np.trace(sigma_r)))
+  # KID: the unbiased MMD^2 of the cubic kernel, by its definition.
+  kernel = lambda x, y: (x @ y.T / x.shape[1] + 1.0) ** 3
+  kxx, kyy = kernel(feats, feats), kernel(ref_feats, ref_feats)
+  n, m = len(feats), len(ref_feats)
+  kid = ((kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+         - 2 * kernel(feats, ref_feats).mean())
+  np.testing.assert_allclose(got['kid'], kid, rtol=1e-3, atol=1e-3 * abs(kxx).mean())
+  assert 0.0 <= got['precision'] <= 1.0 and 0.0 <= got['recall'] <= 1.0
   assert got['class_histogram'] == np.bincount(p.argmax(1), minlength=10).tolist()
-  # modes: classes with at least N / (10 K) = 300 / 100 = 3 samples.
-  assert got['modes_covered'] == int(np.sum(np.bincount(p.argmax(1), minlength=10) >= 3))
+  # modes: classes with at least N / (10 K) = N / 100 samples (3 for 300, 1 for 120).
+  assert got['modes_covered'] == int(np.sum(np.bincount(p.argmax(1), minlength=10)
+                                            >= max(1, num_images // 100)))
 
 
 def test_uint8_images_and_non_finite_images(clf):
@@ -82,7 +94,7 @@ def test_get_classifier_trains_once_then_loads(tmp_path, tfds_data_dir, monkeypa
   params, meta = evaluate.get_classifier(config, path)
   assert meta['num_train'] == 64 and meta['num_test'] == 2000
   # The reported accuracy is the saved classifier's on the whole test split, counted here.
-  test_images, test_labels = input_pipeline.split_arrays(config, 'test')
+  test_images, test_labels = data.split_arrays(config, 'test')
   predicted = np.argmax(np.asarray(classifier.predict_logits(params, test_images)), axis=1)
   assert meta['test_accuracy'] == pytest.approx(np.mean(predicted == test_labels), abs=1e-6)
   assert 'test accuracy' in capsys.readouterr().out

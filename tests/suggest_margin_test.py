@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import mnist_grid
-from ebgan_jax import input_pipeline, models, suggest_margin
+from ebgan_jax import data, models, suggest_margin
 
 
 def _config(tfds_data_dir=''):
@@ -118,7 +118,7 @@ def test_suggest_margin_reports_the_test_split_energies(tfds_data_dir, monkeypat
   fitted = (_zero_variables(config), [3.0, 2.0, 1.99], True, 60)
   monkeypatch.setattr(suggest_margin, 'fit_autoencoder', lambda *args, **kwargs: fitted)
   advice = suggest_margin.suggest_margin(config, max_eval_images=200)
-  images, _ = input_pipeline.split_arrays(config, 'test')
+  images, _ = data.split_arrays(config, 'test')
   norms = np.linalg.norm(images[:200].reshape(200, -1).astype(np.float64), axis=1)
   for p in suggest_margin.PERCENTILES:
     assert advice.percentiles[p] == pytest.approx(np.percentile(norms, p), rel=1e-5), p
