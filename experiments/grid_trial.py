@@ -46,7 +46,7 @@ def export_arrays(points, out: str) -> dict:
   """Writes the data the grid of `points` reads (see the module docstring) to `out` (.npz)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from ebgan_jax import grid, input_pipeline  # pylint: disable=g-import-not-at-top
-  data_config = grid._data_config(points[0])  # pylint: disable=protected-access
+  data_config = grid.data_config(points[0])
   batches = input_pipeline.train_batches(data_config)
   train = [_to_uint8(next(batches)) for _ in range(points[0].total_steps)]
   arrays = {'train_batches': np.stack(train)}

@@ -157,7 +157,7 @@ def _step_by_step(configs, batches):
   finite = ok.all(axis=0)
   tracked = {'finite': finite, 'nan_step': np.where(finite, -1, np.argmin(ok, axis=0))}
   for k, v in metrics.items():
-    tracked[f'final/{k}'] = v[-grid.FINAL_WINDOW:].mean(axis=0)
+    tracked[f'final/{k}'] = v[-grid.programs.FINAL_WINDOW:].mean(axis=0)
   return jax.device_get(pop.state), tracked
 
 
@@ -166,7 +166,7 @@ def test_scanned_calls_equal_one_step_per_call(kind, strategy, fast_compiles, mo
   # 7 steps in calls of 3 (3 + 3 + a tail call of 1), of 1 and of 7 against the plain loop;
   # a window of 4 puts the tail (steps 3..6) across a call boundary. 'auto' is 'unroll' here
   # (a CPU); 'vmap' is the accelerators' strategy, whose scan carries the stacked state.
-  monkeypatch.setattr(grid, 'FINAL_WINDOW', 4)
+  monkeypatch.setattr(grid.programs, 'FINAL_WINDOW', 4)
   steps = 7
   batches = np.random.default_rng(1).uniform(-1, 1, (steps, 16, 32, 32, 1)).astype(np.float32)
   expected_state, expected = _step_by_step(_population_configs(kind, steps, 1), batches)
@@ -283,7 +283,7 @@ def test_a_failing_compile_surfaces_after_the_populations_before_it(
       raise RuntimeError('compile failed on purpose')
     return compile_population(configs, *args, **kwargs)
 
-  monkeypatch.setattr(grid, 'compile_population', failing)
+  monkeypatch.setattr(grid.runner, 'compile_population', failing)
   with pytest.raises(RuntimeError, match='on purpose'):
     grid.run_grid(points, tmp_path, classifier_dir=untrained_classifier, compile_workers=2,
                   log=lambda _: None)
