@@ -48,3 +48,36 @@ def fast_compiles():
   """For one test."""
   with _most_optimizations_disabled():
     yield
+
+
+def _assert_updates_close(got, want, initial, *, fraction=1e-3, outliers=1e-3, what=''):
+  """Params `got` and `want`, both trained from `initial`, agree to `fraction` of the update.
+
+  The tolerance is set by the update size: the largest |want - initial| of the tree (a few
+  lr under Adam, lr * |grad| per step under SGD). Float32 round-off (~1e-7 relative) passes
+  into SGD's updates linearly and into Adam's through m_hat / sqrt(v_hat), which is smooth
+  where |grad| >> eps; but where a gradient is itself round-off-sized, Adam can turn the
+  round-off into a step of either sign, up to ~lr. So at most `outliers` of the elements may
+  differ by more than `fraction` of the largest update, and none by more than the largest
+  update. A run with another member's hyper-parameters (lr, margin, lambda_PT, optimizer)
+  differs in most elements by a good share of the update.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  flat = lambda tree: np.concatenate([np.ravel(np.asarray(x, np.float64))
+                                      for x in jax.tree.leaves(tree)])
+  got, want, initial = flat(got), flat(want), flat(initial)
+  assert got.shape == want.shape, what
+  scale = np.max(np.abs(want - initial))
+  assert scale > 0, f'{what}: the params did not move'
+  diff = np.abs(got - want)
+  off = np.mean(diff > fraction * scale)
+  assert off <= outliers, (f'{what}: {off:.2%} of the elements differ by more than {fraction} '
+                           f'of the largest update {scale:.3g} (max {diff.max():.3g})')
+  assert diff.max() <= scale, f'{what}: an element differs by {diff.max():.3g} > {scale:.3g}'
+
+
+@pytest.fixture(scope='session')
+def assert_updates_close():
+  """`_assert_updates_close`: params against a reference, the tolerance from the update size."""
+  return _assert_updates_close
