@@ -108,6 +108,8 @@ def _import_grid_without_tensorflow(force: bool = False) -> types.ModuleType:
 
 def run(args) -> None:
   grid = _import_grid_without_tensorflow(force=args.stub_tensorflow)
+  if args.xla_gpu_autotune_level is not None:
+    grid.set_xla_gpu_autotune_level(args.xla_gpu_autotune_level)
   import numpy as np  # pylint: disable=g-import-not-at-top
   from ebgan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   data = np.load(args.data)
@@ -151,6 +153,7 @@ def main() -> None:
   tr.add_argument('--max_populations', type=int, default=None)
   tr.add_argument('--compile_workers', type=int, default=None)
   tr.add_argument('--compilation_cache_dir', default='')
+  tr.add_argument('--xla_gpu_autotune_level', type=int, default=None)
   tr.add_argument('--stub_tensorflow', action='store_true',
                   help='Stub TensorFlow even where it is installed (to test this path).')
   args = parser.parse_args()

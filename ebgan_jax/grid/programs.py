@@ -1,11 +1,20 @@
-"""Compiling, training and generating one population of grid runs."""
+"""Compiling, training and generating one population of grid runs.
+
+A population's programs (its initial state, K scanned steps, the sample generator) depend
+on the shapes of its members, not on their keys or hyper-parameters, which are inputs. So
+populations of one bucket and size (`ebgan_jax.grid.buckets`) share one compiled step and
+generator: `compile_population` takes them from a `ProgramCache` when an earlier population
+(or another compile thread) built them, and compiles only the new population's initial state.
+"""
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import itertools
 import json
 import math
+import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -14,7 +23,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ebgan_jax import input_pipeline, population, sharding, step
+from ebgan_jax import input_pipeline, padding, population, sharding, step
+from ebgan_jax.grid import buckets
 
 # Metrics averaged over the last steps of a run ("final losses").
 FINAL_WINDOW = 100
@@ -30,10 +40,47 @@ class Program:
   steps_per_call: int    # K: steps per call of `run` (<= the budget).
   metric_names: tuple[str, ...]
   init: Callable         # (*init_args) -> state
-  run: Callable          # (state, tracked, images [K, B, H, W, C], start) -> (state, tracked)
+  # (state, tracked, images [K, B, H, W, C], start, train_keys [P]) -> (state, tracked)
+  run: Callable
   run_tail: Callable | None  # The same for the last `total_steps % K` steps (None: K divides).
   generate: Callable | None  # (g_params, g_batch_stats, sample_keys) -> images [P, N, H, W, C]
   compile_s: float       # Wall time spent building this (a worker's, overlapping others').
+  reused: bool = False   # `run`, `run_tail` and `generate` came from an earlier population.
+  padded_to: str = ''    # 'g<sizeG>-d<sizeD>' of a padded population's program, else ''.
+
+
+class ProgramCache:
+  """Compiled programs by what they depend on, shared by the grid's compile threads.
+
+  The first thread to ask for a key builds the value; a thread asking for it meanwhile waits
+  for that build instead of compiling it again. A failed build is not kept.
+  """
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._entries: dict[str, concurrent.futures.Future] = {}
+
+  def get(self, key: str, build: Callable[[], Any]) -> tuple[Any, bool]:
+    """(value, whether it was built before this call)."""
+    with self._lock:
+      future = self._entries.get(key)
+      owner = future is None
+      if owner:
+        future = self._entries[key] = concurrent.futures.Future()
+    if not owner:
+      return future.result(), True
+    try:
+      value = build()
+    except BaseException as error:
+      with self._lock:
+        del self._entries[key]
+      future.set_exception(error)
+      raise
+    future.set_result(value)
+    return value, False
+
+  def __len__(self) -> int:
+    return len(self._entries)
 
 
 def steps_per_call(config: ml_collections.ConfigDict) -> int:
@@ -60,19 +107,21 @@ def _track(tracked: dict[str, Any], metrics: dict[str, jax.Array], step: jax.Arr
 
 
 def _scanned_steps(pop: population.Population, tail_start: int) -> Callable:
-  """(state, tracked, images [K, ...], start) -> (state, tracked): K steps in one program.
+  """(state, tracked, images [K, ...], start, train_keys) -> (state, tracked): K steps.
 
   One call replaces K Python iterations of (host batch, step, tracking): on a GPU a step of
   a small population takes ~0.5 ms, less than the host work around it. Step `start + i`
   trains on `images[i]`; the tracker is the scan's carry, so nothing returns per step. The
   scan carries the population's own carry form (`Population.to_carry`): per-member states
-  under the CPU's 'unroll' strategy, split from the stacked state once per call.
+  under the CPU's 'unroll' strategy, split from the stacked state once per call. The
+  members' train keys are an input, so that another population of the same shapes can run
+  in the same compiled program.
   """
-  def run(state, tracked, images, start):
+  def run(state, tracked, images, start, train_keys):
     def body(carry, xs):
       members, tracked = carry
       batch, step = xs
-      members, metrics = pop.carry_step(members, batch)
+      members, metrics = pop.keyed_step(members, batch, train_keys)
       return (members, _track(tracked, metrics, step, tail_start)), None
 
     steps = start + jnp.arange(images.shape[0], dtype=jnp.int32)
@@ -104,9 +153,23 @@ def _generation_fn(trainer: step.Trainer, size: int, num: int, batch_size: int) 
   return jax.jit(generate)
 
 
+def program_key(pop: population.Population, strategy: str, steps: int, k: int,
+                mesh: jax.sharding.Mesh, eval_settings: ml_collections.ConfigDict | None) -> str:
+  """What a population's step and generator programs depend on (`ProgramCache`): the
+  program's config but for the member fields, the state's structure and shapes (which also
+  tell a mixed-dropout state from another), the strategy, the budget and the devices."""
+  shapes = [(leaf.shape, str(leaf.dtype)) for leaf in jax.tree.leaves(pop.state)]
+  return json.dumps([population.shared_signature(pop.trainer.config),
+                     str(jax.tree.structure(pop.state)), str(shapes), strategy, steps, k,
+                     [d.id for d in mesh.devices.flat],
+                     eval_settings.to_json(sort_keys=True) if eval_settings else None])
+
+
 def compile_population(configs: Sequence[ml_collections.ConfigDict],
                        mesh: jax.sharding.Mesh | None = None,
-                       eval_settings: ml_collections.ConfigDict | None = None) -> Program:
+                       eval_settings: ml_collections.ConfigDict | None = None,
+                       cache: ProgramCache | None = None,
+                       program: ml_collections.ConfigDict | None = None) -> Program:
   """Builds and compiles everything one population runs, allocating none of its state.
 
   Thread-safe: `run_grid` calls it on a pool of worker threads while the main thread trains.
@@ -117,44 +180,62 @@ def compile_population(configs: Sequence[ml_collections.ConfigDict],
   the cores to spread them over, and the tracing share (~45% here) stays serial.
 
   Args:
-    configs: the members (one signature), all with the same `total_steps`.
+    configs: the members (one signature, or one bucket when `config.grid.bucketing` is on:
+      then the population is padded, `ebgan_jax.padding`), all with the same `total_steps`.
     mesh: the device mesh (default: all devices).
     eval_settings: when given (`evaluate.eval_settings`), the sample generator for
       `num_samples` images per member is compiled too.
+    cache: where the step and generator programs of earlier populations are kept; a
+      population of the same shapes takes them from there (`Program.reused`).
+    program: with bucketing, the padded program's config (`buckets.bucket_programs`;
+      default: the members' own widest widths).
   """
   t0 = time.perf_counter()
   num_steps = configs[0].total_steps
   if num_steps <= 0:
     raise ValueError('A grid run needs a fixed budget: set config.total_steps > 0.')
   mesh = mesh or sharding.make_mesh()
+  padded = buckets.bucketing_on(configs[0])
+  strategy = population.resolve_strategy(
+      configs[0].get('grid', {}).get('population_strategy', 'auto'))
+  program = (program or padding.program_config(configs)) if padded else None
   pop = population.create_population(configs, num_steps, mesh, abstract=True,
-                                     strategy=configs[0].get('grid', {}).get(
-                                         'population_strategy', 'auto'))
+                                     strategy=strategy, padded=padded, program=program)
   init = pop.init_fn.lower(*pop.init_args).compile()
   k = min(steps_per_call(configs[0]), num_steps)
   batch = (configs[0].batch_size, *pop.trainer.image_shape)
   _, metrics = jax.eval_shape(pop.step_fn, pop.state, jax.ShapeDtypeStruct(batch, jnp.float32))
   names = tuple(sorted(metrics))
-  tracker = jax.eval_shape(lambda: _new_tracker(pop.size, names))
-  repl = sharding.replicated(mesh)
-  run_fn = jax.jit(_scanned_steps(pop, max(num_steps - FINAL_WINDOW, 0)),
-                   in_shardings=(repl, repl, sharding.stacked_batch_sharding(mesh), repl),
-                   out_shardings=(repl, repl), donate_argnums=(0, 1))
 
-  def compiled(steps):
-    return run_fn.lower(pop.state, tracker,
-                        jax.ShapeDtypeStruct((steps, *batch), jnp.float32),
-                        jax.ShapeDtypeStruct((), jnp.int32)).compile()
+  def build():
+    tracker = jax.eval_shape(lambda: _new_tracker(pop.size, names))
+    repl = sharding.replicated(mesh)
+    run_fn = jax.jit(_scanned_steps(pop, max(num_steps - FINAL_WINDOW, 0)),
+                     in_shardings=(repl, repl, sharding.stacked_batch_sharding(mesh), repl,
+                                   repl),
+                     out_shardings=(repl, repl), donate_argnums=(0, 1))
 
-  run = compiled(k)
-  run_tail = compiled(num_steps % k) if num_steps % k else None
-  generate = None
-  if eval_settings is not None:
-    g = pop.state.g
-    generate = _generation_fn(pop.trainer, pop.size, eval_settings.num_samples,
-                              eval_settings.batch_size).lower(
-                                  g.params, g.batch_stats, pop.sample_keys).compile()
-  return Program(pop, k, names, init, run, run_tail, generate, time.perf_counter() - t0)
+    def compiled(steps):
+      return run_fn.lower(pop.state, tracker,
+                          jax.ShapeDtypeStruct((steps, *batch), jnp.float32),
+                          jax.ShapeDtypeStruct((), jnp.int32), pop.train_keys).compile()
+
+    run = compiled(k)
+    run_tail = compiled(num_steps % k) if num_steps % k else None
+    generate = None
+    if eval_settings is not None:
+      g = pop.state.g
+      generate = _generation_fn(pop.trainer, pop.size, eval_settings.num_samples,
+                                eval_settings.batch_size).lower(
+                                    g.params, g.batch_stats, pop.sample_keys).compile()
+    return run, run_tail, generate
+
+  key = program_key(pop, strategy, num_steps, k, mesh, eval_settings)
+  cache = ProgramCache() if cache is None else cache  # (An empty cache is falsy.)
+  (run, run_tail, generate), reused = cache.get(key, build)
+  padded_to = f'g{program.model.size_g}-d{program.model.size_d}' if program else ''
+  return Program(pop, k, names, init, run, run_tail, generate, time.perf_counter() - t0,
+                 reused, padded_to)
 
 
 def data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -223,7 +304,7 @@ def train_population(configs: Sequence[ml_collections.ConfigDict],
     if run is None or done + k > num_steps:
       raise ValueError(f'A chunk of {k} batches at step {done} does not fit the budget of '
                        f'{num_steps} steps in calls of {program.steps_per_call}.')
-    state, tracked = run(state, tracked, images, np.int32(done))
+    state, tracked = run(state, tracked, images, np.int32(done), pop.train_keys)
     done += k
   if done != num_steps:
     raise ValueError(f'The batches ran out after {done} of {num_steps} steps.')

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import os
-import pathlib
 import socket
 import time
 from typing import Any, Callable, Iterator, Sequence
@@ -14,12 +13,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
+from etils import epath
 
 from ebgan_jax import evaluate, input_pipeline, sample, sharding
-from ebgan_jax.grid.programs import (Program, batch_chunks, compile_population, data_config,
-                                     data_key, generate_population, train_population)
-from ebgan_jax.grid.runs import knobs, run_id, shard_populations
-from ebgan_jax.grid.table import SAMPLES_DIR, append_row, read_results, save_samples, shard_table
+from ebgan_jax.grid.programs import (Program, ProgramCache, batch_chunks, compile_population,
+                                     data_config, data_key, generate_population,
+                                     train_population)
+from ebgan_jax.grid import buckets
+from ebgan_jax.grid.runs import knobs, run_id, shard_populations, table_name
+from ebgan_jax.grid.table import (REMOTE_WARNING, SAMPLES_DIR, append_rows, is_remote,
+                                  read_results, save_samples, shard_table)
 
 
 def enable_compilation_cache(directory: str | os.PathLike) -> None:
@@ -31,9 +35,23 @@ def enable_compilation_cache(directory: str | os.PathLike) -> None:
   its compile (JAX's default keeps only those over 1 s). Call before anything is compiled:
   JAX reads the setting when it first uses the cache.
   """
-  pathlib.Path(directory).mkdir(parents=True, exist_ok=True)
+  epath.Path(directory).mkdir(parents=True, exist_ok=True)
   jax.config.update('jax_compilation_cache_dir', str(directory))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+
+
+def set_xla_gpu_autotune_level(level: int) -> None:
+  """Sets XLA's GEMM/convolution autotuning level on a GPU (`--xla_gpu_autotune_level`).
+
+  0 turns autotuning off, 4 is XLA's default. On the H100 the grid's compile work (22-27 s a
+  program) includes the autotuner's trials, which also run on the GPU while populations
+  train (BENCHMARKS.md); a lower level compiles faster and may pick slower kernels. XLA
+  reads XLA_FLAGS when JAX starts its backends: call this before anything runs on a device.
+  """
+  if not 0 <= level <= 5:
+    raise ValueError(f'xla_gpu_autotune_level must be in 0..5, got {level}.')
+  flags = os.environ.get('XLA_FLAGS', '')
+  os.environ['XLA_FLAGS'] = f'{flags} --xla_gpu_autotune_level={level}'.strip()
 
 
 def default_compile_workers() -> int:
@@ -53,31 +71,36 @@ def default_compile_workers() -> int:
 
 
 def _programs_in_order(groups: Sequence[Sequence[ml_collections.ConfigDict]],
+                       padded: Sequence[ml_collections.ConfigDict | None],
                        mesh: jax.sharding.Mesh, settings: ml_collections.ConfigDict,
-                       workers: int, ahead: int) -> Iterator[tuple[Program, float]]:
+                       workers: int, ahead: int, cache: ProgramCache
+                       ) -> Iterator[tuple[Program, float]]:
   """(program, seconds the caller waited for it) for each group, in the groups' order.
 
   With `workers` > 0 the programs are compiled on a thread pool, at most `ahead` of the one
   the caller holds (queued or done, so compiled-but-untrained programs stay bounded; they hold
   executables, no state). A worker's exception is raised here, by `result()`, in the
   caller's thread. Closing the generator (the caller's loop raised or stopped) cancels what
-  has not started and waits for the compiles under way, which end on their own.
+  has not started and waits for the compiles under way, which end on their own. Populations
+  of one bucket and size share their step and generator programs through `cache`; `padded`
+  holds each group's padded program config (None: unbucketed).
   """
   if workers <= 0:
-    for configs in groups:
-      program = compile_population(configs, mesh, settings)
+    for configs, program_config in zip(groups, padded):
+      program = compile_population(configs, mesh, settings, cache, program_config)
       yield program, program.compile_s
     return
   pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix='grid-compile')
   pending: collections.deque[concurrent.futures.Future] = collections.deque()
-  upcoming = iter(groups)
+  upcoming = iter(zip(groups, padded))
 
   def fill():
     while len(pending) < ahead:
-      configs = next(upcoming, None)
+      configs, program_config = next(upcoming, (None, None))
       if configs is None:
         return
-      pending.append(pool.submit(compile_population, configs, mesh, settings))
+      pending.append(pool.submit(compile_population, configs, mesh, settings, cache,
+                                 program_config))
 
   try:
     fill()
@@ -128,13 +151,16 @@ def run_grid(points: Sequence[ml_collections.ConfigDict], workdir: str | os.Path
     the wall time of the whole shard that a trial (`max_populations`) extrapolates to.
   """
   start_time = time.perf_counter()
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   points = list(points)
   if not points:
     raise ValueError('The sweep has no points.')
   base = points[0]
   variant = base.grid.variant
-  table = shard_table(workdir, variant, num_shards, shard_index)
+  if is_remote(workdir):
+    logging.warning(REMOTE_WARNING.format(workdir=workdir))
+    log('Warning: ' + REMOTE_WARNING.format(workdir=workdir))
+  table = shard_table(workdir, table_name(base), num_shards, shard_index)
   ids = [run_id(c) for c in points]
   if len(set(ids)) != len(ids):
     raise ValueError('The sweep has repeated points (equal run ids).')
@@ -173,8 +199,14 @@ def run_grid(points: Sequence[ml_collections.ConfigDict], workdir: str | os.Path
   log(f'Compiling ahead on {compile_workers} threads (at most {ahead} programs ahead).')
 
   selected = todo[:max_populations]
-  programs = _programs_in_order([[points[i] for i in g] for g in selected], mesh, settings,
-                                compile_workers, ahead)
+  # A bucket's populations share one padded program, made from all of the sweep's runs in
+  # the bucket (finished or not, in this shard or another), so it is the same in every shard
+  # and after every restart.
+  padded = (buckets.bucket_programs(points, selected) if buckets.bucketing_on(base)
+            else [None] * len(selected))
+  program_cache = ProgramCache()
+  programs = _programs_in_order([[points[i] for i in g] for g in selected], padded, mesh,
+                                settings, compile_workers, ahead, program_cache)
   try:
     for k, (group, (program, waited)) in enumerate(zip(selected, programs)):
       configs = [points[i] for i in group]
@@ -206,10 +238,12 @@ def run_grid(points: Sequence[ml_collections.ConfigDict], workdir: str | os.Path
                         sample.to_uint8(np.asarray(images[j, :base.grid.num_sample_images])))
         finals = {name.replace('final/', 'final_'): float(v[j])
                   for name, v in tracked.items() if name.startswith('final/')}
-        rows.append(dict(run_id=ids[group[j]], variant=variant, **knobs(config), **result,
+        rows.append(dict(run_id=ids[group[j]], variant=variant,
+                         slice=base.grid.get('slice', 0), **knobs(config), **result,
                          nan=nan, nan_step=int(tracked['nan_step'][j]), **finals,
                          num_samples=settings.num_samples, classifier_test_accuracy=accuracy,
-                         population_size=len(configs), shard=shard_index,
+                         population_size=len(configs), padded_to=program.padded_to,
+                         program_reused=program.reused, shard=shard_index,
                          num_shards=num_shards, host=socket.gethostname()))
       del images
       score_s = time.perf_counter() - t0
@@ -221,13 +255,15 @@ def run_grid(points: Sequence[ml_collections.ConfigDict], workdir: str | os.Path
                    population_wall_time_s=round(total, 3),
                    wall_time_s=round(total / len(configs), 3),  # Its share of the program.
                    finished_at=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))
-        append_row(table, row)
-        summary['trained'] += 1
-        summary['nan'] += int(row['nan'])
+      append_rows(table, rows)  # After the samples: a row means a finished run.
+      summary['trained'] += len(rows)
+      summary['nan'] += sum(int(row['nan']) for row in rows)
       timings.update(compile_s=program.compile_s, compile_wait_s=waited, train_s=train_s,
                      score_s=score_s)
-      log(f'[{k + 1}/{len(todo)}] population of {len(configs)} ({ids[group[0]]} ...): '
-          f'compiled in {program.compile_s:.1f}s (waited {waited:.1f}s), trained in '
+      log(f'[{k + 1}/{len(todo)}] population of {len(configs)} ({ids[group[0]]} ...'
+          f'{", padded to " + program.padded_to if program.padded_to else ""}): compiled in '
+          f'{program.compile_s:.1f}s{" (reused)" if program.reused else ""} (waited '
+          f'{waited:.1f}s), trained in '
           f'{train_s:.1f}s, scored in {score_s:.1f}s; NaN members: '
           f'{int(np.sum(~tracked["finite"]))}')
   finally:
@@ -236,10 +272,12 @@ def run_grid(points: Sequence[ml_collections.ConfigDict], workdir: str | os.Path
   wall = time.perf_counter() - start_time
   todo_runs = sum(len(g) for g in todo)
   summary.update({k: round(v, 3) for k, v in sorted(timings.items())})
-  summary.update(populations=len(selected), compile_workers=compile_workers,
+  summary.update(populations=len(selected), programs=len(program_cache),
+                 compile_workers=compile_workers,
                  wall_s=round(wall, 3), runs_per_hour=round(3600 * summary['trained'] / wall, 1))
-  message = (f'Trained and scored {summary["trained"]} runs in {len(selected)} populations in '
-             f'{wall:.1f}s ({summary["runs_per_hour"]:.0f} runs/hour): setup '
+  message = (f'Trained and scored {summary["trained"]} runs in {len(selected)} populations '
+             f'({len(program_cache)} programs) in {wall:.1f}s '
+             f'({summary["runs_per_hour"]:.0f} runs/hour): setup '
              f'{timings["setup_s"]:.1f}s, compile {timings["compile_s"]:.1f}s on '
              f'{compile_workers} threads (waited {timings["compile_wait_s"]:.1f}s), train '
              f'{timings["train_s"]:.1f}s, score {timings["score_s"]:.1f}s.')

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from ebgan_jax import population
+from ebgan_jax.grid import buckets
 
 
 # -- run identity -------------------------------------------------------------------------------
@@ -66,8 +66,14 @@ def shard_from_env(num_shards: int | None = None, shard_index: int | None = None
   return num_shards, shard_index
 
 
+def table_name(config: ml_collections.ConfigDict) -> str:
+  """The results table's name: the variant, and `-slice<N>` for a slice of it."""
+  size = config.grid.get('slice', 0) if 'grid' in config else 0
+  return f'{config.grid.variant}-slice{size}' if size else config.grid.variant
+
+
 def shard_populations(points: Sequence[ml_collections.ConfigDict], num_shards: int,
                       shard_index: int, max_population: int = 0) -> list[list[int]]:
   """The populations (lists of indices into `points`) that shard `shard_index` trains."""
-  groups = population.group_configs(points, max_population)
+  groups = buckets.group_points(points, max_population, buckets.bucketing_on(points[0]))
   return [g for k, g in enumerate(groups) if k % num_shards == shard_index]
