@@ -1,6 +1,6 @@
-"""The grid search: Table 1 sweeps, the smoke grid end to end, restarts, shards, the table."""
+"""The grid search: Table 1 sweeps, the smoke grid end to end, kills and restarts, shards,
+bucketed populations (the results table itself: grid_table_test.py)."""
 
-import contextlib
 import json
 import os
 import pathlib
@@ -13,7 +13,6 @@ from unittest import mock
 import jax
 import numpy as np
 import pytest
-from etils import epath
 
 from configs import mnist_grid
 from ebgan_jax import classifier, grid, population, sharding
@@ -92,43 +91,6 @@ def test_compilation_cache_keeps_the_programs(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(REPO))
   subprocess.run([sys.executable, '-c', script, str(cache)], env=env, check=True, timeout=120)
   assert [p for p in cache.iterdir() if p.is_file()], 'nothing was cached'
-
-
-# -- the results table ----------------------------------------------------------------------------
-_WRITER = textwrap.dedent('''
-    import sys
-    from ebgan_jax import grid
-    path, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    for i in range(count):
-      # Rows far larger than PIPE_BUF (4 KiB): an unlocked append could interleave them.
-      grid.append_row(path, {'run_id': f'{name}-{i}', 'writer': name, 'i': i,
-                             'payload': name * 20000})
-    ''')
-
-
-def test_two_concurrent_processes_do_not_corrupt_the_table(tmp_path):
-  # Worst case: two processes append to one table at once (e.g. one shard started twice);
-  # two shards write to two files, which is easier still.
-  table = tmp_path / 'results' / 'smoke-shard0000of0001.jsonl'
-  env = dict(os.environ, PYTHONPATH=str(REPO))
-  procs = [subprocess.Popen([sys.executable, '-c', _WRITER, str(table), name, '150'], env=env)
-           for name in ('a', 'b')]
-  assert [p.wait(timeout=240) for p in procs] == [0, 0]
-  lines = table.read_bytes().splitlines()
-  assert len(lines) == 300
-  rows = [json.loads(line) for line in lines]  # Every line is one whole row.
-  for name in ('a', 'b'):
-    assert [r['i'] for r in rows if r['writer'] == name] == list(range(150))
-    assert all(r['payload'] == name * 20000 for r in rows if r['writer'] == name)
-
-
-def test_a_torn_last_line_is_skipped_and_not_glued_to_the_next_row(tmp_path):
-  table = tmp_path / 'results' / 't.jsonl'
-  grid.append_row(table, {'run_id': 'a'})
-  with open(table, 'a', encoding='utf-8') as f:
-    f.write('{"run_id": "b", "i_pr')  # A writer killed mid-line.
-  grid.append_row(table, {'run_id': 'c'})
-  assert [r['run_id'] for r in grid.read_table(table)] == ['a', 'c']
 
 
 # -- the smoke grid end to end ---------------------------------------------------------------------
@@ -371,33 +333,7 @@ def test_grid_trial_runs_the_grid_from_exported_data_without_tensorflow(tmp_path
   assert all(np.isfinite(r['i_prime']) and not r['nan'] for r in rows)
 
 
-# -- bucketed populations, a remote workdir ---------------------------------------------------------
-@contextlib.contextmanager
-def _fake_bucket(root):
-  """`gs://bucket/...` served from the folder `root`, through etils' own epath mock.
-
-  etils picks its TensorFlow backend for gs:// when TensorFlow is installed, bypassing the
-  mock; with `_is_tf_installed` false it uses the mocked backend.
-  """
-  prefix = 'gs://bucket'
-  local = lambda path: os.fspath(path).replace(prefix, str(root), 1)
-
-  def one(fn, path, *args, **kwargs):
-    return fn(local(path), *args, **kwargs)
-
-  def two(fn, path, dst, *args, **kwargs):
-    return fn(local(path), local(dst), *args, **kwargs)
-
-  def glob(fn, pattern):
-    return [p.replace(str(root), prefix, 1) for p in fn(local(pattern))]
-
-  with mock.patch.object(epath.gpath, '_is_tf_installed', lambda: False), \
-      epath.testing.mock_epath(open=one, exists=one, isdir=one, listdir=one, makedirs=one,
-                               mkdir=one, remove=one, rmtree=one, stat=one, glob=glob,
-                               rename=two, replace=two, copy=two):
-    yield
-
-
+# -- bucketed populations, a remote workdir ---------------------------------------------------
 def _width_bucket(tfds_data_dir, bucketing):
   """Two architectures that differ in sizeG and dropout, two seeds each, in one bucket: the
   wide one first, so that the padded population is the one that reuses the program."""
@@ -414,10 +350,10 @@ def _width_bucket(tfds_data_dir, bucketing):
 
 
 def test_a_bucketed_grid_on_a_remote_workdir_writes_the_rows_of_the_unbucketed_one(
-    tmp_path, tfds_data_dir, untrained_classifier, fast_compiles):
+    tmp_path, tfds_data_dir, untrained_classifier, fast_compiles, fake_gcs):
   bucketed = _width_bucket(tfds_data_dir, 'on')
   ids = [grid.run_id(p) for p in bucketed]
-  with _fake_bucket(tmp_path / 'bucket'), \
+  with fake_gcs(tmp_path / 'bucket'), \
       mock.patch.object(grid.runner.logging, 'warning') as warning:
     summary = grid.run_grid(bucketed, 'gs://bucket/grid', classifier_dir=untrained_classifier,
                             compile_workers=0, log=lambda _: None)
