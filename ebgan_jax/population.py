@@ -19,6 +19,14 @@ convolution lowerings of `ebgan_jax.models.conv_transpose` (BENCHMARKS.md has th
   at 10.
 - 'map': `lax.map` over the members, one after the other; kept for comparison.
 - 'auto': 'unroll' on CPU, 'vmap' elsewhere.
+
+Padded populations (`padded=True`, `ebgan_jax.padding`): fully-connected members that also
+differ in widths, dropout or optimizers, zero-padded to the widest member; each member still
+computes what it computes alone, up to float reassociation.
+
+Program reuse: the compiled step depends on the members' shapes only. Their keys and
+hyper-parameters are its inputs (`keyed_step`, `init_args`), so populations of one signature
+and size can run in one compiled program (`ebgan_jax.grid.programs`).
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from ebgan_jax import sharding, step
+from ebgan_jax import padding, sharding, step
 
 # How a population program advances its members (module docstring).
 STRATEGIES = ('auto', 'vmap', 'unroll', 'map')
@@ -46,10 +54,11 @@ def _get(config: ml_collections.ConfigDict, dotted: str):
   return config
 
 
-def shared_signature(config: ml_collections.ConfigDict) -> str:
-  """The config with the member fields blanked: runs with equal signatures can share a program."""
+def shared_signature(config: ml_collections.ConfigDict,
+                     fields: Sequence[str] = MEMBER_FIELDS) -> str:
+  """The config with `fields` blanked: runs with equal signatures can share a program."""
   blanked = ml_collections.ConfigDict(config.to_dict())
-  for dotted in MEMBER_FIELDS:
+  for dotted in fields:
     *parents, leaf = dotted.split('.')
     node = blanked
     for p in parents:
@@ -88,7 +97,11 @@ class Population:
   from_carry: Callable       # carry -> state.
   carry_step: Callable       # (carry, batch) -> (carry, metrics [P]).
   init_fn: Callable          # jitted (*init_args) -> the initial stacked state.
-  init_args: tuple           # Member keys and hyper-parameters, [P] each.
+  init_args: tuple           # (init keys [P], {hyper-parameter: [P]}).
+  # carry_step with the members' train keys [P] as an input: (carry, batch, keys) -> ...
+  keyed_step: Callable | None = None
+  # Padded populations: each member's own (unpadded) state shapes; None when unpadded.
+  member_shapes: list | None = None
 
   @property
   def size(self) -> int:
@@ -110,47 +123,112 @@ def _member_keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Arra
   return init_key, train_key, sample_key
 
 
+def _hyperparameters(configs: Sequence[ml_collections.ConfigDict],
+                     program: ml_collections.ConfigDict, padded: bool) -> dict[str, jax.Array]:
+  """The per-member hyper-parameters [P] that `_configure` writes into each member's state.
+
+  They depend on the program alone, so that every population of one program has one state
+  structure: a padded program with dropout gives each member its dropout switch, one mixing
+  Adam and SGD each member's choice.
+  """
+  f32 = lambda values: jnp.array(values, jnp.float32)
+  hyper = {'lr_d': f32([c.optim.lr_d for c in configs]),
+           'lr_g': f32([c.optim.lr_g for c in configs]),
+           'margin': f32([c.loss.margin for c in configs]),
+           'pt_weight': f32([c.loss.pt_weight for c in configs])}
+  for player in ('d', 'g'):  # Adam (1) or SGD (0), where the program mixes them.
+    if program.optim[f'optim_{player}'] == padding.MIXED_OPTIMIZER:
+      hyper[f'adam_{player}'] = f32([c.optim[f'optim_{player}'] == 'adam' for c in configs])
+  if padded and program.model.dropout_d:
+    hyper['dropout_d'] = jnp.array([bool(c.model.dropout_d) for c in configs])
+  return hyper
+
+
+def _configure(state: step.TrainState, hyper: dict[str, jax.Array]) -> step.TrainState:
+  """One member's state with its hyper-parameters (scalars) set."""
+  def optimizer(opt_state, player):
+    values = {'learning_rate': hyper[f'lr_{player}']}
+    if f'adam_{player}' in hyper:
+      values['adam'] = hyper[f'adam_{player}']
+    return optax.tree_utils.tree_set(opt_state, **values)
+
+  hparams = {'margin': hyper['margin'], 'pt_weight': hyper['pt_weight']}
+  if 'dropout_d' in hyper:
+    hparams['dropout_d'] = hyper['dropout_d']
+  return state.replace(g=state.g.replace(opt_state=optimizer(state.g.opt_state, 'g')),
+                       d=state.d.replace(opt_state=optimizer(state.d.opt_state, 'd')),
+                       hparams=hparams)
+
+
 def create_population(configs: Sequence[ml_collections.ConfigDict], total_steps: int,
                       mesh: jax.sharding.Mesh | None = None,
-                      strategy: str = 'auto', abstract: bool = False) -> Population:
+                      strategy: str = 'auto', abstract: bool = False,
+                      padded: bool = False,
+                      program: ml_collections.ConfigDict | None = None) -> Population:
   """Stacks the initial states of `configs` (all of one signature) into one population.
 
   Args:
-    configs: the members' configs, equal but for `MEMBER_FIELDS`.
+    configs: the members' configs, equal but for `MEMBER_FIELDS` (and, when `padded`,
+      `padding.PADDED_FIELDS`).
     total_steps: the schedule length (learning-rate decay).
     mesh: the device mesh (default: all devices).
     strategy: how one program advances every member, one of `STRATEGIES` (module docstring).
     abstract: build the functions but leave the state as shapes (`jax.ShapeDtypeStruct`s),
       allocating nothing: to compile a population ahead of training it (`ebgan_jax.grid`),
       then `init_fn(*init_args)` gives the state.
+    padded: zero-pad the members to one program (`ebgan_jax.padding`): each member is
+      initialised as its own run is, then embedded in the padded arrays.
+    program: the padded program's config (default `padding.program_config(configs)`); a
+      bucket's populations share one (`ebgan_jax.grid.buckets.bucket_programs`).
   """
   configs = list(configs)
   strategy = resolve_strategy(strategy)
-  signatures = {shared_signature(c) for c in configs}
+  fields = MEMBER_FIELDS + (padding.PADDED_FIELDS if padded else ())
+  signatures = {shared_signature(c, fields) for c in configs}
   if len(signatures) != 1:
-    raise ValueError('A population needs configs that differ only in '
-                     f'{MEMBER_FIELDS}; group them with group_configs() first.')
+    raise ValueError(f'A population needs configs that differ only in {fields}; group them '
+                     'with group_configs() (or ebgan_jax.grid.buckets) first.')
   mesh = mesh or sharding.make_mesh()
-  trainer = step.Trainer(configs[0], total_steps)
+  if padded:
+    program = program or padding.program_config(configs)
+    if shared_signature(program, fields) not in signatures:
+      raise ValueError('The padded program is not of these members (another depth, loss or '
+                       'budget).')
+    for config in configs:
+      padding.check_fits(config, program)
+  else:
+    program = configs[0]
+  trainer = step.Trainer(program, total_steps)
   keys = [_member_keys(c) for c in configs]
   init_keys, train_keys, sample_keys = (jnp.stack(k) for k in zip(*keys))
-  lr_d = jnp.array([c.optim.lr_d for c in configs], jnp.float32)
-  lr_g = jnp.array([c.optim.lr_g for c in configs], jnp.float32)
-  margin = jnp.array([c.loss.margin for c in configs], jnp.float32)
-  pt_weight = jnp.array([c.loss.pt_weight for c in configs], jnp.float32)
+  hyper = _hyperparameters(configs, program, padded)
 
-  def init_member(init_key, lr_d, lr_g, margin, pt_weight):
-    state = trainer.create_state(init_key)
-    return state.replace(
-        g=state.g.replace(opt_state=optax.tree_utils.tree_set(state.g.opt_state,
-                                                              learning_rate=lr_g)),
-        d=state.d.replace(opt_state=optax.tree_utils.tree_set(state.d.opt_state,
-                                                              learning_rate=lr_d)),
-        hparams={'margin': margin, 'pt_weight': pt_weight})
+  member_shapes = None
+  if not padded:
+    def init(init_keys, hyper):
+      return jax.vmap(lambda key, hp: _configure(trainer.create_state(key), hp))(init_keys, hyper)
+  else:
+    # Each member as its own run initialises it (its config, key and shapes), then padded.
+    trainers: dict[str, step.Trainer] = {}
+    for c in configs:
+      member = padding.member_init_config(c, program)
+      trainers.setdefault(member.to_json(sort_keys=True), step.Trainer(member, total_steps))
+    member_trainers = [trainers[padding.member_init_config(c, program).to_json(sort_keys=True)]
+                       for c in configs]
+    like = jax.eval_shape(trainer.create_state, init_keys[0])
+    first = jax.tree.map(lambda v: v[0], hyper)
+    member_shapes = [jax.eval_shape(lambda key, hp, t=t: _configure(t.create_state(key), hp),
+                                    init_keys[0], first) for t in member_trainers]
+
+    def init(init_keys, hyper):
+      states = [_configure(padding.pad_tree(t.create_state(init_keys[i]), like),
+                           jax.tree.map(lambda v, i=i: v[i], hyper))
+                for i, t in enumerate(member_trainers)]
+      return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
 
   repl = sharding.replicated(mesh)
-  init_fn = jax.jit(jax.vmap(init_member), out_shardings=repl)
-  init_args = (init_keys, lr_d, lr_g, margin, pt_weight)
+  init_fn = jax.jit(init, out_shardings=repl)
+  init_args = (init_keys, hyper)
   state = jax.eval_shape(init_fn, *init_args) if abstract else init_fn(*init_args)
   batch = sharding.batch_sharding(mesh)
 
@@ -166,12 +244,12 @@ def create_population(configs: Sequence[ml_collections.ConfigDict], total_steps:
   if strategy == 'vmap':
     vstep = jax.vmap(member_step, in_axes=(0, None, 0))
 
-    def carry_step(state, images):
-      return vstep(state, images, train_keys)
+    def keyed_step(state, images, keys):
+      return vstep(state, images, keys)
   elif strategy == 'map':
-    def carry_step(state, images):
+    def keyed_step(state, images, keys):
       return jax.lax.map(lambda member: member_step(member[0], images, member[1]),
-                         (state, train_keys))
+                         (state, keys))
   else:  # 'unroll'
     def to_carry(state):
       return tuple(jax.tree.map(lambda leaf, i=i: leaf[i], state) for i in range(size))
@@ -179,10 +257,13 @@ def create_population(configs: Sequence[ml_collections.ConfigDict], total_steps:
     def from_carry(members):
       return jax.tree.map(lambda *leaves: jnp.stack(leaves), *members)
 
-    def carry_step(members, images):
-      outs = [member_step(member, images, train_keys[i]) for i, member in enumerate(members)]
+    def keyed_step(members, images, keys):
+      outs = [member_step(member, images, keys[i]) for i, member in enumerate(members)]
       return (tuple(state for state, _ in outs),
               jax.tree.map(lambda *m: jnp.stack(m), *(metrics for _, metrics in outs)))
+
+  def carry_step(carry, images):
+    return keyed_step(carry, images, train_keys)
 
   def population_step(state, images):
     carry, metrics = carry_step(to_carry(state), images)
@@ -191,9 +272,17 @@ def create_population(configs: Sequence[ml_collections.ConfigDict], total_steps:
   jitted = jax.jit(population_step, in_shardings=(repl, batch), out_shardings=(repl, repl),
                    donate_argnums=0)
   return Population(trainer, configs, train_keys, sample_keys, state, jitted, population_step,
-                    to_carry, from_carry, carry_step, init_fn, init_args)
+                    to_carry, from_carry, carry_step, init_fn, init_args, keyed_step,
+                    member_shapes)
 
 
 def member_state(population: Population, index: int) -> step.TrainState:
-  """Member `index`'s state, unstacked (e.g. to save or evaluate it alone)."""
-  return jax.tree.map(lambda leaf: leaf[index], population.state)
+  """Member `index`'s state, unstacked (e.g. to save or evaluate it alone).
+
+  A padded member's state is cut back to its own shapes (its optimizer state keeps the
+  program's structure, e.g. Adam's unused moments for an SGD member of a mixed program).
+  """
+  state = jax.tree.map(lambda leaf: leaf[index], population.state)
+  if population.member_shapes is not None:
+    state = padding.unpad_tree(state, population.member_shapes[index])
+  return state

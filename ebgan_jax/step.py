@@ -73,19 +73,42 @@ class TrainState:
   g_ema: Any = None    # EMA of g.params when config.ema_decay > 0, else None (no leaves).
 
 
+def adam_or_sgd(learning_rate: float, b1: float, b2: float, adam: float
+                ) -> optax.GradientTransformation:
+  """`optax.adam(learning_rate, b1, b2)` where `adam` is 1, `optax.sgd(learning_rate)` where 0.
+
+  One optimizer-state structure for a population whose members mix Adam and SGD
+  (`ebgan_jax.padding`): Adam's moments are kept for every member (an SGD member's go
+  unused) and `adam`, an injected hyper-parameter, selects each member's update. The same
+  transforms as optax's: Adam's scaling, then -learning_rate.
+  """
+  scale_by_adam = optax.scale_by_adam(b1=b1, b2=b2)
+
+  def update(grads, state, params=None):
+    scaled, state = scale_by_adam.update(grads, state, params)
+    return jax.tree.map(lambda a, g: jnp.where(adam > 0.5, a, g), scaled, grads), state
+
+  return optax.chain(optax.GradientTransformation(scale_by_adam.init, update),
+                     optax.scale_by_learning_rate(learning_rate))
+
+
 def make_optimizer(name: str, learning_rate: float, config: ml_collections.ConfigDict,
                    total_steps: int) -> optax.GradientTransformation:
   """Adam or plain SGD (Table 1's optimD/optimG), with an optional linear decay to 0.
 
   The learning rate is an injected hyper-parameter (it lives in the optimizer state, so a
   population of runs can hold different rates); the decay of App. D (linear to 0 from
-  `config.optim.lr_decay_start` to the last step) multiplies the updates.
+  `config.optim.lr_decay_start` to the last step) multiplies the updates. 'adam_or_sgd' is
+  `adam_or_sgd`, for padded populations that mix both (its `adam` flag is set per member).
   """
   if name == 'adam':
     base = optax.inject_hyperparams(optax.adam)(
         learning_rate=learning_rate, b1=config.optim.b1, b2=config.optim.b2)
   elif name == 'sgd':
     base = optax.inject_hyperparams(optax.sgd)(learning_rate=learning_rate)
+  elif name == 'adam_or_sgd':
+    base = optax.inject_hyperparams(adam_or_sgd)(
+        learning_rate=learning_rate, b1=config.optim.b1, b2=config.optim.b2, adam=1.0)
   else:
     raise ValueError(f"Unknown optimizer {name!r}; config.optim.optim_d/optim_g must be "
                      "'adam' or 'sgd'.")
@@ -182,11 +205,15 @@ class Trainer:
     return jax.jit(self.generate)
 
   # -- the step -------------------------------------------------------------------------------
-  def _d_forward(self, params, batch_stats, x, key):
-    """D in train mode on one batch; returns (output, updated batch_stats)."""
+  def _d_forward(self, params, batch_stats, x, key, **kwargs):
+    """D in train mode on one batch; returns (output, updated batch_stats).
+
+    `kwargs` go to D's call: `dropout_on`, a member's own dropout switch in a padded
+    population that mixes D with and without dropout (`ebgan_jax.padding`).
+    """
     out, updates = self.discriminator.apply(
         {'params': params, 'batch_stats': batch_stats}, x, train=True,
-        rngs={'dropout': key}, mutable=['batch_stats'])
+        rngs={'dropout': key}, mutable=['batch_stats'], **kwargs)
     return out, updates.get('batch_stats', batch_stats)
 
   def _d_forward_pair(self, params, x_real, x_fake, key):
@@ -237,6 +264,9 @@ class Trainer:
 
     x_fake, g_vjp, g_batch_stats = generate_with_vjp(self.generator, state.g, z, noise_key)
     margin = losses.margin_at(state.step, state.hparams['margin'], cfg.loss.margin_decay_steps)
+    d_kwargs = {}
+    if 'dropout_d' in state.hparams:  # A padded population mixing dropout and none.
+      d_kwargs['dropout_on'] = state.hparams['dropout_d']
 
     # Discriminator update: G(z) is a constant here.
     def d_objective(d_params):
@@ -244,8 +274,9 @@ class Trainer:
         out_real, out_fake = self._d_forward_pair(d_params, batch, x_fake, drop_real)
         stats = state.d.batch_stats
       else:  # BatchNorm (or dropout): each batch its own statistics (masks).
-        out_real, stats = self._d_forward(d_params, state.d.batch_stats, batch, drop_real)
-        out_fake, stats = self._d_forward(d_params, stats, x_fake, drop_fake)
+        out_real, stats = self._d_forward(d_params, state.d.batch_stats, batch, drop_real,
+                                          **d_kwargs)
+        out_fake, stats = self._d_forward(d_params, stats, x_fake, drop_fake, **d_kwargs)
       if self.is_ebgan:
         e_real = losses.energy(batch, out_real[0])
         e_fake = losses.energy(x_fake, out_fake[0])
@@ -263,7 +294,7 @@ class Trainer:
 
     # Generator update, against the updated D (its running statistics are not touched here).
     def g_objective(x):
-      out, _ = self._d_forward(d_params, d_batch_stats, x, drop_g)
+      out, _ = self._d_forward(d_params, d_batch_stats, x, drop_g, **d_kwargs)
       if self.is_ebgan:
         pt = losses.pulling_away_term(out[1])
         loss = losses.g_loss(losses.energy(x, out[0])) + state.hparams['pt_weight'] * pt

@@ -13,10 +13,9 @@
 #     setup_s + (wall_s - setup_s) / trained x 512. The grid's workdir is OUTDIR/grid: run
 #     again with the same OUTDIR and it goes on with the next populations of the shard (the
 #     offline classifier is then loaded, not trained).
-# Needs what the grid needs (jax with CUDA, flax, optax, orbax, ml-collections, TensorFlow and
-# tensorflow-datasets for tf.data); the embedded MNIST digits, no download. Without TensorFlow,
-# GRID_DATA=DATA.npz (from `python -m experiments.grid_trial export`) runs (b) through
-# experiments/grid_trial.py: the same runner on the same batches. A classifier already in
+# Needs jax with CUDA, flax, optax, orbax and ml-collections; no TensorFlow: the grid reads the
+# embedded MNIST digits in memory (ebgan_jax.data.arrays). GRID_DATA=FOLDER (MNIST's four IDX
+# files, e.g. the full 60,000) or FILE.npz passes --config.data_dir to (b). A classifier already in
 # OUTDIR/grid/classifier-mnist_10k is reused (copy one in to skip training it there).
 # SKIP_GRID=1 runs (a) alone. Environment overrides, e.g. for a try on a CPU:
 #   POPULATIONS=2 WORKERS=2 POP_SIZES=1,2 MEASURE_SECONDS=1 MATMUL_SIZE=512 \
@@ -43,14 +42,6 @@ skip_grid=${SKIP_GRID:-0}
 "$python" -c 'import jax, flax, optax, orbax.checkpoint, ml_collections' || {
   echo 'Missing packages for (a): jax, flax, optax, orbax-checkpoint, ml-collections.' >&2; exit 1; }
 grid_data=${GRID_DATA:-}
-if [ "$skip_grid" != 1 ] && [ -z "$grid_data" ]; then
-  "$python" -c 'import tensorflow, tensorflow_datasets' || {
-    echo 'The grid trial (b) reads its batches with tf.data: install tensorflow (CPU is enough)' \
-      'and tensorflow-datasets; or export its data where TensorFlow is installed' \
-      '(python -m experiments.grid_trial export --config=configs/mnist_grid.py:ebgan' \
-      '--out=DATA.npz) and pass GRID_DATA=DATA.npz; or run (a) alone with SKIP_GRID=1.' >&2
-    exit 1; }
-fi
 mkdir -p "$out"
 t0=$(date +%s)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -66,12 +57,7 @@ echo "(a) population benchmarks: $((t1 - t0)) s"
 
 if [ "$skip_grid" = 1 ]; then exit 0; fi
 # shellcheck disable=SC2086  # GRID_ARGS holds several flags.
-if [ -n "$grid_data" ]; then  # No TensorFlow here: the grid's data exported elsewhere.
-  grid_cmd=(-m experiments.grid_trial run --data="$grid_data")
-else
-  grid_cmd=(-m experiments.grid_search)
-fi
-"$python" "${grid_cmd[@]}" --config=configs/mnist_grid.py:ebgan --workdir="$out/grid" \
+"$python" -m experiments.grid_search ${grid_data:+--config.data_dir="$grid_data"} --config=configs/mnist_grid.py:ebgan --workdir="$out/grid" \
   --num_shards="$spread" --shard_index=0 --max_populations="$populations" \
   --compile_workers="$workers" $grid_args 2>&1 | grep -v -e '^W[0-9]' -e '^I[0-9]' \
   | tee "$out/grid.log"

@@ -7,7 +7,7 @@
 # torch: the same EBGAN-PT iteration in PyTorch on the same GPU (bf16 autocast; eager with
 #     channels_last, then torch.compile), the yardstick for conv's MFU.
 # grid: a timed trial of the real EBGAN grid (gpu_grid_benchmark.sh's (b): shard 0 of 10, 48
-#     runs) from GRID_DATA (python -m experiments.grid_trial export) and, when present, the
+#     runs) on the embedded digits (GRID_DATA=IDX folder or .npz for others) and, when present, the
 #     offline classifier in CLASSIFIER_DIR; COMPILATION_CACHE=DIR turns on JAX's persistent
 #     cache (and with it XLA's per-fusion autotuning cache, shared by the populations).
 # The lent image has jax, flax, optax and orbax but not ml-collections: put its wheel in .whl/.
@@ -45,7 +45,7 @@ fi
 if has grid; then
   mkdir -p "$out/grid"
   [ -n "${CLASSIFIER_DIR:-}" ] && cp -r "$CLASSIFIER_DIR" "$out/grid/"
-  python3 -m experiments.grid_trial run --data="${GRID_DATA:?set GRID_DATA}" \
+  python3 -m experiments.grid_search ${GRID_DATA:+--config.data_dir="$GRID_DATA"} \
     --config=configs/mnist_grid.py:ebgan --workdir="$out/grid" --num_shards=10 \
     --shard_index=0 --max_populations="${POPULATIONS:-48}" --compile_workers=12 \
     ${COMPILATION_CACHE:+--compilation_cache_dir="$COMPILATION_CACHE"} 2>&1 \

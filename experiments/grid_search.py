@@ -14,9 +14,13 @@ from all shard tables. All the logic is in `ebgan_jax.grid`; see experiments/gri
 for a Slurm job array.
 
 Speed: the programs of upcoming populations compile on --compile_workers threads while one
-trains; --compilation_cache_dir keeps them for a resumed or re-sharded grid; the last line
-printed is a JSON summary with the wall time, runs/hour and the projected time of the whole
-shard (from a trial with --max_populations=N).
+trains; on a GPU/TPU runs that differ only in widths, dropout, optimizers or lr share padded
+population programs (`config.grid.bucketing`, `--config.grid.bucketing=off` to turn it off:
+the rows are the same); --compilation_cache_dir keeps the programs for a resumed or
+re-sharded grid; --xla_gpu_autotune_level trades kernel autotuning for compile time; the last
+line printed is a JSON summary with the wall time, runs/hour and the projected time of the
+whole shard (from a trial with --max_populations=N). A remote --workdir (gs://...) works;
+there each shard must run in exactly one process at a time (the tables have no lock).
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ flags.DEFINE_integer('compile_workers', None, 'Threads compiling upcoming popula
 flags.DEFINE_string('compilation_cache_dir', '', "JAX's persistent compilation cache: a resumed "
                     'or re-sharded grid loads its programs from there instead of compiling '
                     'them again.')
+flags.DEFINE_integer('xla_gpu_autotune_level', None, "XLA's GEMM autotuning on a GPU (0: off, "
+                     "4: XLA's default); lower compiles faster, the kernels may be slower.")
 
 
 def load_sweep(config_flag_value: str):
@@ -72,6 +78,8 @@ def main(argv):
   if FLAGS.config is None:
     raise app.UsageError('Pass --config=configs/mnist_grid.py:VARIANT')
   std_logging.getLogger('absl').setLevel(std_logging.WARNING)
+  if FLAGS.xla_gpu_autotune_level is not None:
+    grid.set_xla_gpu_autotune_level(FLAGS.xla_gpu_autotune_level)
   if FLAGS.compilation_cache_dir:
     grid.enable_compilation_cache(FLAGS.compilation_cache_dir)
   num_shards, shard_index = grid.shard_from_env(FLAGS.num_shards, FLAGS.shard_index)

@@ -68,3 +68,70 @@ def fast_compiles():
   """For one test."""
   with _most_optimizations_disabled():
     yield
+
+
+def _assert_updates_close(got, want, initial, *, fraction=1e-3, outliers=1e-3, what=''):
+  """Params `got` and `want`, both trained from `initial`, agree to `fraction` of the update.
+
+  The tolerance is set by the update size: the largest |want - initial| of the tree (a few
+  lr under Adam, lr * |grad| per step under SGD). Float32 round-off (~1e-7 relative) passes
+  into SGD's updates linearly and into Adam's through m_hat / sqrt(v_hat), which is smooth
+  where |grad| >> eps; but where a gradient is itself round-off-sized, Adam can turn the
+  round-off into a step of either sign, up to ~lr. So at most `outliers` of the elements may
+  differ by more than `fraction` of the largest update, and none by more than the largest
+  update. A run with another member's hyper-parameters (lr, margin, lambda_PT, optimizer)
+  differs in most elements by a good share of the update.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  flat = lambda tree: np.concatenate([np.ravel(np.asarray(x, np.float64))
+                                      for x in jax.tree.leaves(tree)])
+  got, want, initial = flat(got), flat(want), flat(initial)
+  assert got.shape == want.shape, what
+  scale = np.max(np.abs(want - initial))
+  assert scale > 0, f'{what}: the params did not move'
+  diff = np.abs(got - want)
+  off = np.mean(diff > fraction * scale)
+  assert off <= outliers, (f'{what}: {off:.2%} of the elements differ by more than {fraction} '
+                           f'of the largest update {scale:.3g} (max {diff.max():.3g})')
+  assert diff.max() <= scale, f'{what}: an element differs by {diff.max():.3g} > {scale:.3g}'
+
+
+@pytest.fixture(scope='session')
+def assert_updates_close():
+  """`_assert_updates_close`: params against a reference, the tolerance from the update size."""
+  return _assert_updates_close
+
+
+@contextlib.contextmanager
+def _fake_gcs(root):
+  """`gs://bucket/...` served from the local folder `root`, through etils' own epath mock.
+
+  etils picks its TensorFlow backend for gs:// when TensorFlow is installed, bypassing the
+  mock; with `gpath._is_tf_installed` false it uses the mocked backend.
+  """
+  from unittest import mock  # pylint: disable=g-import-not-at-top
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  prefix = 'gs://bucket'
+  local = lambda path: os.fspath(path).replace(prefix, str(root), 1)
+
+  def one(fn, path, *args, **kwargs):
+    return fn(local(path), *args, **kwargs)
+
+  def two(fn, path, dst, *args, **kwargs):
+    return fn(local(path), local(dst), *args, **kwargs)
+
+  def glob(fn, pattern):
+    return [p.replace(str(root), prefix, 1) for p in fn(local(pattern))]
+
+  with mock.patch.object(epath.gpath, '_is_tf_installed', lambda: False), \
+      epath.testing.mock_epath(open=one, exists=one, isdir=one, listdir=one, makedirs=one,
+                               mkdir=one, remove=one, rmtree=one, stat=one, glob=glob,
+                               rename=two, replace=two, copy=two):
+    yield
+
+
+@pytest.fixture(scope='session')
+def fake_gcs():
+  """`_fake_gcs`: `with fake_gcs(tmp_path / 'bucket'):` makes gs://bucket/... that folder."""
+  return _fake_gcs

@@ -1,11 +1,14 @@
-"""The grid search: Table 1 sweeps, the smoke grid end to end, restarts, shards, the table."""
+"""The grid search: Table 1 sweeps, the smoke grid end to end, kills and restarts, shards,
+bucketed populations (the results table itself: grid_table_test.py)."""
 
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import textwrap
+from unittest import mock
 
 import jax
 import numpy as np
@@ -90,43 +93,6 @@ def test_compilation_cache_keeps_the_programs(tmp_path):
   assert [p for p in cache.iterdir() if p.is_file()], 'nothing was cached'
 
 
-# -- the results table ----------------------------------------------------------------------------
-_WRITER = textwrap.dedent('''
-    import sys
-    from ebgan_jax import grid
-    path, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    for i in range(count):
-      # Rows far larger than PIPE_BUF (4 KiB): an unlocked append could interleave them.
-      grid.append_row(path, {'run_id': f'{name}-{i}', 'writer': name, 'i': i,
-                             'payload': name * 20000})
-    ''')
-
-
-def test_two_concurrent_processes_do_not_corrupt_the_table(tmp_path):
-  # Worst case: two processes append to one table at once (e.g. one shard started twice);
-  # two shards write to two files, which is easier still.
-  table = tmp_path / 'results' / 'smoke-shard0000of0001.jsonl'
-  env = dict(os.environ, PYTHONPATH=str(REPO))
-  procs = [subprocess.Popen([sys.executable, '-c', _WRITER, str(table), name, '150'], env=env)
-           for name in ('a', 'b')]
-  assert [p.wait(timeout=240) for p in procs] == [0, 0]
-  lines = table.read_bytes().splitlines()
-  assert len(lines) == 300
-  rows = [json.loads(line) for line in lines]  # Every line is one whole row.
-  for name in ('a', 'b'):
-    assert [r['i'] for r in rows if r['writer'] == name] == list(range(150))
-    assert all(r['payload'] == name * 20000 for r in rows if r['writer'] == name)
-
-
-def test_a_torn_last_line_is_skipped_and_not_glued_to_the_next_row(tmp_path):
-  table = tmp_path / 'results' / 't.jsonl'
-  grid.append_row(table, {'run_id': 'a'})
-  with open(table, 'a', encoding='utf-8') as f:
-    f.write('{"run_id": "b", "i_pr')  # A writer killed mid-line.
-  grid.append_row(table, {'run_id': 'c'})
-  assert [r['run_id'] for r in grid.read_table(table)] == ['a', 'c']
-
-
 # -- the smoke grid end to end ---------------------------------------------------------------------
 def _population_configs(kind, steps, steps_per_call, strategy='auto'):
   """Two members of one signature; for 'gan' the second diverges (SGD at lr 1e30)."""
@@ -157,7 +123,7 @@ def _step_by_step(configs, batches):
   finite = ok.all(axis=0)
   tracked = {'finite': finite, 'nan_step': np.where(finite, -1, np.argmin(ok, axis=0))}
   for k, v in metrics.items():
-    tracked[f'final/{k}'] = v[-grid.FINAL_WINDOW:].mean(axis=0)
+    tracked[f'final/{k}'] = v[-grid.programs.FINAL_WINDOW:].mean(axis=0)
   return jax.device_get(pop.state), tracked
 
 
@@ -166,7 +132,7 @@ def test_scanned_calls_equal_one_step_per_call(kind, strategy, fast_compiles, mo
   # 7 steps in calls of 3 (3 + 3 + a tail call of 1), of 1 and of 7 against the plain loop;
   # a window of 4 puts the tail (steps 3..6) across a call boundary. 'auto' is 'unroll' here
   # (a CPU); 'vmap' is the accelerators' strategy, whose scan carries the stacked state.
-  monkeypatch.setattr(grid, 'FINAL_WINDOW', 4)
+  monkeypatch.setattr(grid.programs, 'FINAL_WINDOW', 4)
   steps = 7
   batches = np.random.default_rng(1).uniform(-1, 1, (steps, 16, 32, 32, 1)).astype(np.float32)
   expected_state, expected = _step_by_step(_population_configs(kind, steps, 1), batches)
@@ -209,39 +175,84 @@ def untrained_classifier(tmp_path_factory):
   return path
 
 
-def test_smoke_grid_end_to_end_restart_nan_and_merge(tmp_path, tfds_data_dir,
-                                                     untrained_classifier, fast_compiles):
+def _smoke_points(tfds_data_dir):
+  """The smoke grid, one GAN member made to diverge (SGD at lr 1e30) beside an SGD partner."""
   config = mnist_grid.get_config('smoke')
   config.tfds_data_dir = tfds_data_dir
   points = mnist_grid.sweep(config)
-  # One GAN member diverges (SGD at lr 1e30): it must be recorded as NaN, not stop the grid,
-  # and its population partner must train normally.
   diverging = next(p for p in points if p.loss.kind == 'gan' and p.optim.lr_d == 0.01)
-  diverging.optim.optim_d = diverging.optim.optim_g = 'sgd'
   partner = next(p for p in points if p.loss.kind == 'gan' and p.optim.lr_d == 0.001)
-  partner.optim.optim_d = partner.optim.optim_g = 'sgd'
+  for p in (diverging, partner):
+    p.optim.optim_d = p.optim.optim_g = 'sgd'
   diverging.optim.lr_d = diverging.optim.lr_g = 1e30
+  return config, points, diverging
+
+
+# Runs the smoke grid and SIGKILLs itself in the middle of the second population's rows: the
+# first row whole, the second cut short (what a kill inside the write leaves).
+_KILLED_GRID = textwrap.dedent('''
+    import json, os, signal, sys
+    import jax
+    jax.config.update('jax_disable_most_optimizations', True)
+    sys.path.insert(0, sys.argv[4])
+    import grid_search_test
+    from ebgan_jax.grid import runner
+    workdir, classifier_dir, tfds_data_dir = sys.argv[1:4]
+    _, points, _ = grid_search_test._smoke_points(tfds_data_dir)
+    append_rows, calls = runner.append_rows, []
+
+    def append_then_die(path, rows):
+      calls.append(len(rows))
+      if len(calls) < 2:
+        return append_rows(path, rows)
+      append_rows(path, rows[:1])
+      with open(path, 'ab') as f:
+        f.write(json.dumps(rows[1]).encode()[:50])
+        f.flush()
+        os.fsync(f.fileno())
+      os.kill(os.getpid(), signal.SIGKILL)
+
+    runner.append_rows = append_then_die
+    runner.run_grid(points, workdir, classifier_dir=classifier_dir, compile_workers=0)
+    ''')
+
+
+def test_smoke_grid_killed_mid_population_resumes_nan_and_merge(tmp_path, tfds_data_dir,
+                                                                 untrained_classifier,
+                                                                 fast_compiles):
+  config, points, diverging = _smoke_points(tfds_data_dir)
   ids = [grid.run_id(p) for p in points]
+  groups = grid.shard_populations(points, 1, 0, config.grid.max_population)
+  table_path = grid.shard_table(tmp_path, 'smoke', 1, 0)
   log = []
 
-  # A grid stopped after its first population (as if killed) ...
-  first = grid.run_grid(points, tmp_path, classifier_dir=untrained_classifier,
-                        max_populations=1, log=log.append)
-  assert first['trained'] == 2
-  # ... resumes: it trains only the rest, and loses nothing. Compiled on 2 threads, the
-  # populations still train and write their rows in the sweep's order.
+  # A grid SIGKILLed while it writes the second population's rows (a real kill, in a
+  # subprocess): the first population's rows and one row of the second are in the table,
+  # the next row is torn. A leftover temporary sample file of a later run (a kill inside
+  # its save) is there too.
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  killed = subprocess.run([sys.executable, '-c', _KILLED_GRID, str(tmp_path),
+                           str(untrained_classifier), tfds_data_dir, str(REPO / 'tests')],
+                          env=env, timeout=600, capture_output=True, text=True)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+  written = [ids[i] for i in groups[0]] + [ids[groups[1][0]]]
+  assert [r['run_id'] for r in grid.read_table(table_path)] == written
+  assert not table_path.read_bytes().endswith(b'\n')  # The torn line.
+  leftover = tmp_path / grid.SAMPLES_DIR / f'{ids[groups[2][0]]}.npz.tmp.npz'
+  leftover.write_bytes(b'PK\x03\x04 cut short')
+
+  # The rerun trains only what has no row (the killed population's second member, alone,
+  # and the last population), compiled on 2 threads, in the sweep's order.
   second = grid.run_grid(points, tmp_path, classifier_dir=untrained_classifier,
                          compile_workers=2, log=log.append)
-  assert (second['finished_before'], second['trained']) == (2, 4)
-  table = grid.read_table(grid.shard_table(tmp_path, 'smoke', 1, 0))
-  groups = grid.shard_populations(points, 1, 0, config.grid.max_population)
+  assert (second['finished_before'], second['trained'], second['populations']) == (3, 3, 2)
+  table = grid.read_table(table_path)  # The torn line is skipped, not glued to a row.
   assert [r['run_id'] for r in table] == [ids[i] for g in groups for i in g]
-  for summary, populations in ((first, 1), (second, 2)):
-    assert summary['populations'] == populations
-    assert 0 < summary['train_s'] + summary['score_s'] + summary['setup_s'] <= summary['wall_s']
-    assert summary['runs_per_hour'] == pytest.approx(
-        3600 * summary['trained'] / summary['wall_s'], rel=1e-3)
-    assert summary['projected_shard_s'] >= summary['setup_s']
+  assert len(table_path.read_bytes().splitlines()) == len(points) + 1
+  assert not list((tmp_path / grid.SAMPLES_DIR).glob('*.tmp*'))  # Replaced by its save.
+  assert 0 < second['train_s'] + second['score_s'] + second['setup_s'] <= second['wall_s']
+  assert second['runs_per_hour'] == pytest.approx(3600 * 3 / second['wall_s'], rel=1e-3)
+  assert second['projected_shard_s'] >= second['setup_s']
   assert second['compile_workers'] == 2
   third = grid.run_grid(points, tmp_path, classifier_dir=untrained_classifier, log=log.append)
   assert third['trained'] == 0
@@ -255,14 +266,15 @@ def test_smoke_grid_end_to_end_restart_nan_and_merge(tmp_path, tfds_data_dir,
     if row['run_id'] == bad['run_id']:
       continue
     assert not row['nan'], row['run_id']
-    for key in ('i_prime', 'inception_score', 'fid', 'final_d_loss', 'final_g_loss',
+    for key in ('i_prime', 'inception_score', 'classifier_fid', 'final_d_loss', 'final_g_loss',
                 'wall_time_s', 'compile_s', 'train_s', 'score_s'):
       assert np.isfinite(row[key]), (row['run_id'], key)
     assert sum(row['class_histogram']) == config.eval.num_samples
     assert row['seed'] == next(p.seed for p in points if grid.run_id(p) == row['run_id'])
     samples = np.load(tmp_path / grid.SAMPLES_DIR / f'{row["run_id"]}.npz')['images']
     assert samples.shape == (config.grid.num_sample_images, 32, 32, 1)
-  assert {r['population_size'] for r in rows} == {2}
+  # Every population had 2 members, but for the killed one's second member, retrained alone.
+  assert [by_id[ids[i]]['population_size'] for g in groups for i in g] == [2, 2, 2, 1, 2, 2]
 
   merged = grid.merge(tmp_path)
   assert len(merged.read_text().splitlines()) == len(points)
@@ -283,7 +295,7 @@ def test_a_failing_compile_surfaces_after_the_populations_before_it(
       raise RuntimeError('compile failed on purpose')
     return compile_population(configs, *args, **kwargs)
 
-  monkeypatch.setattr(grid, 'compile_population', failing)
+  monkeypatch.setattr(grid.runner, 'compile_population', failing)
   with pytest.raises(RuntimeError, match='on purpose'):
     grid.run_grid(points, tmp_path, classifier_dir=untrained_classifier, compile_workers=2,
                   log=lambda _: None)
@@ -292,29 +304,61 @@ def test_a_failing_compile_surfaces_after_the_populations_before_it(
   assert written == [grid.run_id(points[i]) for i in groups[0]]
 
 
-def test_grid_trial_runs_the_grid_from_exported_data_without_tensorflow(tmp_path,
-                                                                          tfds_data_dir):
-  """experiments/grid_trial.py: export here, then run in a process where TensorFlow is a stub.
+# -- bucketed populations, a remote workdir ---------------------------------------------------
+def _width_bucket(tfds_data_dir, bucketing):
+  """Two architectures that differ in sizeG and dropout, two seeds each, in one bucket: the
+  wide one first, so that the padded population is the one that reuses the program."""
+  points = []
+  for seed, size_g, dropout in ((0, 32, True), (1, 32, True), (2, 16, False), (3, 16, False)):
+    config = mnist_grid.get_config('smoke')
+    config.tfds_data_dir = tfds_data_dir
+    config.seed, config.model.size_g, config.model.dropout_d = seed, size_g, dropout
+    config.grid.bucketing = bucketing
+    config.grid.bucket_size_g, config.grid.bucket_size_d = (32,), (8,)
+    config.grid.max_population = 2
+    points.append(config)
+  return points
 
-  The trial must train and score every run from the exported arrays alone: the rows' scores
-  are finite and their count is the sweep's.
-  """
-  from experiments import grid_trial  # pylint: disable=g-import-not-at-top
-  config = mnist_grid.get_config('smoke')
-  config.tfds_data_dir = tfds_data_dir
-  points = mnist_grid.sweep(config)
-  data = tmp_path / 'data.npz'
-  arrays = grid_trial.export_arrays(points, str(data))
-  assert arrays['train_batches'].shape == (config.total_steps, config.batch_size, 32, 32, 1)
-  assert arrays['train_batches'].dtype == np.uint8 and arrays['test_images'].shape[0] == 2000
-  env = dict(os.environ, PYTHONPATH=str(REPO))
-  out = subprocess.run(
-      [sys.executable, '-m', 'experiments.grid_trial', 'run',
-       '--config=configs/mnist_grid.py:smoke', f'--data={data}',
-       f'--workdir={tmp_path / "grid"}', '--stub_tensorflow'],
-      cwd=REPO, env=env, check=True, timeout=600, capture_output=True, text=True)
-  summary = json.loads(out.stdout.strip().splitlines()[-1])
-  assert summary['trained'] == len(points) == 6
-  rows = grid.read_results(tmp_path / 'grid')
-  assert len(rows) == len(points)
-  assert all(np.isfinite(r['i_prime']) and not r['nan'] for r in rows)
+
+def test_a_bucketed_grid_on_a_remote_workdir_writes_the_rows_of_the_unbucketed_one(
+    tmp_path, tfds_data_dir, untrained_classifier, fast_compiles, fake_gcs):
+  bucketed = _width_bucket(tfds_data_dir, 'on')
+  ids = [grid.run_id(p) for p in bucketed]
+  with fake_gcs(tmp_path / 'bucket'), \
+      mock.patch.object(grid.runner.logging, 'warning') as warning:
+    summary = grid.run_grid(bucketed, 'gs://bucket/grid', classifier_dir=untrained_classifier,
+                            compile_workers=0, log=lambda _: None)
+    remote = grid.read_results('gs://bucket/grid')
+    grid.merge('gs://bucket/grid')
+  assert any('exactly one process' in str(call.args[0]) for call in warning.call_args_list)
+  # One bucket: two populations of 2, both padded to sizeG 32 and dropout, one program.
+  assert (summary['trained'], summary['populations'], summary['programs']) == (4, 2, 1)
+  local = tmp_path / 'bucket' / 'grid'  # What the fake bucket holds, as files.
+  table = local / grid.RESULTS_DIR / 'smoke-shard0000of0001.jsonl'
+  assert [json.loads(line)['run_id'] for line in table.read_bytes().splitlines()] == ids
+  assert sorted(p.name for p in (local / grid.SAMPLES_DIR).iterdir()) == sorted(
+      f'{i}.npz' for i in ids)  # No temporary file left.
+  assert len((local / grid.MERGED_JSONL).read_text().splitlines()) == 4
+  by_id = {r['run_id']: r for r in remote}
+  assert [by_id[i]['padded_to'] for i in ids] == ['g32-d8'] * 4
+  assert [by_id[i]['program_reused'] for i in ids] == [False, False, True, True]
+
+  # The padded runs (sizeG 16 in a program of 32, without dropout in a program with it, in
+  # the program compiled for the first population) unbucketed, at their own widths: the rows
+  # have the same run ids and columns, and the same scores up to float reassociation (3 steps
+  # of round-off, ~1e-6 relative in the samples). The untrained classifier is near-uniform,
+  # so I' (a KL divergence) is ~1e-6 here and is compared to an absolute 1e-8.
+  unbucketed = grid.run_grid(_width_bucket(tfds_data_dir, 'off')[2:], tmp_path / 'off',
+                             classifier_dir=untrained_classifier, compile_workers=0,
+                             log=lambda _: None)
+  assert (unbucketed['populations'], unbucketed['programs']) == (1, 1)
+  alone = {r['run_id']: r for r in grid.read_results(tmp_path / 'off')}
+  assert sorted(alone) == sorted(ids[2:])
+  for run in ids[2:]:
+    assert set(alone[run]) == set(by_id[run])
+    assert alone[run]['padded_to'] == ''
+    for key in ('i_prime', 'inception_score', 'classifier_fid', 'final_d_loss', 'final_g_loss',
+                'final_energy_real', 'final_pt'):
+      np.testing.assert_allclose(by_id[run][key], alone[run][key], rtol=1e-4, atol=1e-8,
+                                 err_msg=key)
+    assert by_id[run]['class_histogram'] == alone[run]['class_histogram']

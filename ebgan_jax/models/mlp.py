@@ -12,6 +12,9 @@ Adam would turn the round-off in it into +-lr steps that differ with the device 
 
 Table 1's knobs: `n_layers` (nLayerG / nLayerD) counts weight layers, `width` (sizeG / sizeD)
 the units of each hidden layer, `dropout` (dropoutD) switches dropout on in D.
+
+Dropout masks are drawn feature-major (`_dropout`), so that a layer zero-padded to more
+units draws the same masks for its real units (padded populations, `ebgan_jax.padding`).
 """
 
 from __future__ import annotations
@@ -84,8 +87,12 @@ class MLPAutoEncoder(nn.Module):
   dropout: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
-    """Maps x [B, H, W, C] to (reconstruction [B, H, W, C], code [B, width])."""
+  def __call__(self, x: jax.Array, *, train: bool, dropout_on: jax.Array | None = None
+               ) -> tuple[jax.Array, jax.Array]:
+    """Maps x [B, H, W, C] to (reconstruction [B, H, W, C], code [B, width]).
+
+    `dropout_on`: a per-member dropout switch (`_dropout`); None: dropout when `dropout`.
+    """
     if self.n_layers < 2:
       raise ValueError(f'n_layer_d must be >= 2 (one encoder and the decoder layer), '
                        f'got {self.n_layers}.')
@@ -100,7 +107,7 @@ class MLPAutoEncoder(nn.Module):
       h = nn.relu(h)
       code = h  # [B, width]: the encoder output layer's representation.
       if self.dropout:
-        h = nn.Dropout(DROPOUT_RATE, deterministic=not train)(h)
+        h = _dropout(h, train, dropout_on)
     h = nn.Dense(math.prod(self.image_shape), kernel_init=D_KERNEL_INIT, name='dec_dense')(h)
     return h.reshape(x.shape), code
 
@@ -119,8 +126,9 @@ class MLPDiscriminator(nn.Module):
   dropout: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """Maps x [B, H, W, C] to logits [B]."""
+  def __call__(self, x: jax.Array, *, train: bool, dropout_on: jax.Array | None = None
+               ) -> jax.Array:
+    """Maps x [B, H, W, C] to logits [B] (`dropout_on` as in `MLPAutoEncoder`)."""
     if self.n_layers < 2:
       raise ValueError(f'n_layer_d must be >= 2, got {self.n_layers}.')
     _check_image_shape(x, self.image_shape, 'discriminator')
@@ -131,8 +139,23 @@ class MLPDiscriminator(nn.Module):
         h = batch_norm(train, name=f'bn_{i}')(h)
       h = nn.relu(h)
       if self.dropout:
-        h = nn.Dropout(DROPOUT_RATE, deterministic=not train)(h)
+        h = _dropout(h, train, dropout_on)
     return nn.Dense(1, kernel_init=D_KERNEL_INIT, name='logit')(h)[:, 0]
+
+
+def _dropout(h: jax.Array, train: bool, dropout_on: jax.Array | None) -> jax.Array:
+  """flax's Dropout on h [B, width], its mask drawn feature-major, for a member or not.
+
+  The mask is drawn for h.T [width, B]: with JAX's partitionable threefry (the default since
+  jax 0.5), an element's random bits depend only on its row-major index, so unit j's mask
+  over the batch comes from the indices j*B .. j*B + B - 1 whatever the width; a layer
+  padded with extra units draws the unpadded layer's masks for its real units. (Drawn for
+  [B, width], unit j of sample b would take index b*width + j, which the padding moves.)
+  `dropout_on` (a boolean scalar, traced), when given, keeps h undropped where it is false:
+  a member without dropout in a padded program that has it.
+  """
+  dropped = nn.Dropout(DROPOUT_RATE, deterministic=not train)(h.T).T
+  return dropped if dropout_on is None else jnp.where(dropout_on, dropped, h)
 
 
 def _check_image_shape(x: jax.Array, image_shape: Sequence[int], who: str) -> None:
