@@ -246,15 +246,3 @@ def test_mnist_ssl_paper_schedules():
   assert mnist_ssl.get_config('ebgan_ln,runlocal').dataset == 'mnist_10k'
   with pytest.raises(ValueError, match='num_labelled'):
     mnist_ssl.get_config('ladder,num_labelled=300')
-
-
-def test_ebgan_ln_margin_decays_from_16_to_0_by_step_60000():
-  loss = mnist_ssl.get_config('ebgan_ln').loss
-
-  def margin(step):
-    return float(losses.margin_at(step, loss.margin, loss.margin_decay_steps))
-
-  assert margin(0) == 16.0        # App. D: start at 16 ...
-  assert margin(30_000) == 8.0    # 16 * (1 - 30000 / 60000) = 8, linear in between,
-  assert margin(60_000) == 0.0    # ... and 0 within the first 60,000 steps,
-  assert margin(120_000) == 0.0   # staying 0 while D trains alone.
