@@ -76,6 +76,7 @@ class Trainer:
     self.g_tx = step_lib.make_optimizer(config.optim.optim_g, config.optim.lr_g, config,
                                         self.total_steps)
     self.image_shape = models.image_shape(config)
+    step_lib.matmul_precision(config)  # Fails here, with the allowed values, not in a step.
 
   # -- state ----------------------------------------------------------------------------------
   def create_state(self, key: jax.Array) -> SSLState:
@@ -135,13 +136,14 @@ class Trainer:
     Returns:
       The new state and scalar metrics (the same keys whether G is on or off).
     """
-    if not self.is_ebgan:
-      return self._step(state, labelled_batch, unlabelled_batch, key, batch_sharding, False)
-    return jax.lax.cond(
-        state.step < self.config.generator_off_step,
-        lambda s: self._step(s, labelled_batch, unlabelled_batch, key, batch_sharding, True),
-        lambda s: self._step(s, labelled_batch, unlabelled_batch, key, batch_sharding, False),
-        state)
+    with step_lib.matmul_precision(self.config):  # config.matmul_precision, as the GAN step.
+      if not self.is_ebgan:
+        return self._step(state, labelled_batch, unlabelled_batch, key, batch_sharding, False)
+      return jax.lax.cond(
+          state.step < self.config.generator_off_step,
+          lambda s: self._step(s, labelled_batch, unlabelled_batch, key, batch_sharding, True),
+          lambda s: self._step(s, labelled_batch, unlabelled_batch, key, batch_sharding, False),
+          state)
 
   def _step(self, state: SSLState, labelled_batch: LabelledBatch, unlabelled_batch: jax.Array,
             key: jax.Array, batch_sharding: jax.sharding.Sharding | None, generator_on: bool

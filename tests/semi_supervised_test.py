@@ -286,6 +286,35 @@ def test_train_step_on_two_devices_equals_one_device():
   chex.assert_trees_all_close(results[0], results[1], rtol=1e-4, atol=1e-6)
 
 
+def _dot_precisions(lowered) -> set[str]:
+  """The `precision = [...]` attribute of every dot_general in a lowered step's StableHLO."""
+  lines = [l for l in lowered.as_text().splitlines() if 'stablehlo.dot_general' in l]
+  assert lines, 'the step has no matmuls'
+  return {l.split('precision = [', 1)[1].split(']', 1)[0] if 'precision = [' in l else ''
+          for l in lines}
+
+
+# As tests/step_test.py: JAX's 'tensorfloat32' is Precision.HIGH, 'float32' HIGHEST; with no
+# setting ('default') the dots are lowered with DEFAULT.
+@pytest.mark.parametrize('value,expected', [('default', {'DEFAULT, DEFAULT'}),
+                                            ('float32', {'HIGHEST, HIGHEST'}),
+                                            ('tensorfloat32', {'HIGH, HIGH'})])
+def test_matmul_precision_reaches_every_dot_of_both_branches_of_the_step(value, expected):
+  config = _small_config('ebgan_ln', matmul_precision=value)
+  trainer = semi_supervised.Trainer(config)
+  key = jax.random.key(0)
+  state = jax.eval_shape(trainer.create_state, key)
+  labelled = (jax.ShapeDtypeStruct((8, *IMAGE), jnp.float32),
+              jax.ShapeDtypeStruct((8,), jnp.int32))
+  unlabelled = jax.ShapeDtypeStruct((8, *IMAGE), jnp.float32)
+  lowered = semi_supervised.jit_train_step(trainer, sharding.make_mesh(1)).lower(
+      state, labelled, unlabelled, key)  # G on and G off: both branches of the lax.cond
+  assert _dot_precisions(lowered) == expected
+  assert jax.config.jax_default_matmul_precision is None  # scoped to the step's trace
+  with pytest.raises(ValueError, match="'fp8'.*tensorfloat32"):
+    semi_supervised.Trainer(_small_config('ladder', matmul_precision='fp8'))
+
+
 def test_evaluate_counts_clean_path_errors_with_a_padded_last_batch():
   config = _small_config('ladder')
   trainer = semi_supervised.Trainer(config)
