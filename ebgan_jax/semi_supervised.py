@@ -24,6 +24,7 @@ with its own batch statistics, as in Rasmus et al.'s code.
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import time
@@ -112,14 +113,42 @@ class Trainer:
                                 train=False, rngs={'noise': jax.random.key(0)})
 
   # -- the step -------------------------------------------------------------------------------
-  def _ladder(self, params, batch_stats, x, key, train: bool = True):
-    """The Ladder on pixels `x` [B, H, W, C] (already in its range); (outputs, batch_stats)."""
-    if not train:  # Clean path, running statistics, no noise.
-      return self.ladder.apply({'params': params, 'batch_stats': batch_stats}, x,
-                               train=False), batch_stats
-    out, updates = self.ladder.apply({'params': params, 'batch_stats': batch_stats}, x,
-                                     train=True, rngs={'noise': key}, mutable=['batch_stats'])
-    return out, updates['batch_stats']
+  # The Ladder's three paths run separately (`LadderNetwork`'s methods), each on the batches
+  # that need it: the clean path (forward only: its batch statistics become the test-time
+  # running ones) on the labelled and unlabelled batches in turn; the corrupted encoder on
+  # the labelled, unlabelled and generated batches; the decoder on the unlabelled and
+  # generated ones (the labelled batch's reconstruction enters no loss). Batches of one shape
+  # go through a path together (`_each_batch`), each with its own statistics and noise.
+
+  def _clean_statistics(self, params, batch_stats, batches: list[jax.Array]):
+    """The running statistics after the clean path has seen `batches`, in order (train mode:
+    each normalized with its own statistics, updating the running ones)."""
+    for x in batches:
+      _, updates = self.ladder.apply({'params': params, 'batch_stats': batch_stats}, x,
+                                     train=True, method='clean_encoder', mutable=['batch_stats'])
+      batch_stats = updates['batch_stats']
+    return batch_stats
+
+  def _corrupted(self, params, x, key):
+    """(logits~ [B, K], laterals z~(0..L)) of the corrupted encoder on pixels x [B, ...]."""
+    return self.ladder.apply({'params': params}, x, method='corrupted_encoder',
+                             rngs={'noise': key})
+
+  def _clean(self, params, batch_stats, x):
+    """(logits, laterals z(0..L)) of the clean path with running statistics (no noise)."""
+    return self.ladder.apply({'params': params, 'batch_stats': batch_stats}, x, train=False,
+                             method='clean_encoder')
+
+  def _decode(self, params, encoded):
+    """x_rec [B, D] (flat) from an encoder's (logits, laterals)."""
+    logits, laterals = encoded
+    return self.ladder.apply({'params': params}, laterals, logits, method='decoder')
+
+  def _energy(self, params, batch_stats, x, key, train: bool) -> jax.Array:
+    """Per-sample energy [B] of pixels x: the corrupted path's reconstruction cost (`train`),
+    or the clean path's with running statistics."""
+    encoded = self._corrupted(params, x, key) if train else self._clean(params, batch_stats, x)
+    return losses.squared_l2_energy(x.reshape(x.shape[0], -1), self._decode(params, encoded))
 
   def train_step(self, state: SSLState, labelled_batch: LabelledBatch,
                  unlabelled_batch: jax.Array, key: jax.Array,
@@ -167,58 +196,71 @@ class Trainer:
           self.generator, state.g, z, g_noise_key)
       x_fake_pix = self.to_ladder_pixels(x_fake)  # [B, H, W, C]
 
+    # The clean path's running statistics (the test classifier's): labelled, then unlabelled
+    # (then generated, with fake_updates_batch_stats) batch; forward only.
+    d_batch_stats = self._clean_statistics(
+        state.d.params, state.d.batch_stats,
+        [x_lab, x_unl] + ([x_fake_pix] if generator_on and fake_train
+                          and cfg.ssl.fake_updates_batch_stats else []))
+
     # Discriminator update; G(z) is a constant here.
     def d_objective(d_params):
-      out_lab, stats = self._ladder(d_params, state.d.batch_stats, x_lab, lab_key)
-      ce = jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(
-          out_lab['logits_corrupted'], labels))
-      out_unl, stats = self._ladder(d_params, stats, x_unl, unl_key)
-      e_real = losses.squared_l2_energy(x_unl, out_unl['x_rec'])  # [B]
+      corrupted_in, keys = [x_lab, x_unl], [lab_key, unl_key]
+      if generator_on and fake_train:
+        corrupted_in, keys = corrupted_in + [x_fake_pix], keys + [fake_key]
+      encoded = _each_batch(functools.partial(self._corrupted, d_params), corrupted_in, keys)
+      if generator_on and not fake_train:  # Clean path, the running statistics after x_unl.
+        real_stats = self._clean_statistics(d_params, state.d.batch_stats, [x_lab, x_unl])
+        encoded.append(self._clean(d_params, real_stats, x_fake_pix))
+      logits_lab = encoded[0][0]  # [B_l, K], corrupted
+      x_rec = _each_batch(functools.partial(self._decode, d_params), encoded[1:])
+      ce = jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(logits_lab, labels))
+      e_real = losses.squared_l2_energy(x_unl.reshape(x_rec[0].shape), x_rec[0])  # [B]
       loss = cfg.loss.class_weight * ce + cfg.loss.recon_weight * jnp.mean(e_real)
       aux = {'ce_loss': ce, 'energy_real': jnp.mean(e_real),
-             'train_error': jnp.mean(jnp.argmax(out_lab['logits_corrupted'], -1) != labels)}
+             'train_error': jnp.mean(jnp.argmax(logits_lab, -1) != labels)}
       if generator_on:
-        out_fake, fake_stats = self._ladder(d_params, stats, x_fake_pix, fake_key, fake_train)
-        if cfg.ssl.fake_updates_batch_stats:
-          stats = fake_stats
-        e_fake = losses.squared_l2_energy(x_fake_pix, out_fake['x_rec'])  # [B]
+        e_fake = losses.squared_l2_energy(x_fake_pix.reshape(x_rec[1].shape), x_rec[1])  # [B]
         hinge = jnp.mean(jax.nn.relu(margin - e_fake))  # Eq. (1)'s second term, per sample.
         loss = loss + cfg.loss.hinge_weight * hinge
         aux |= {'energy_fake': jnp.mean(e_fake), 'hinge': hinge}
       else:
         aux |= {'energy_fake': jnp.float32(0.0), 'hinge': jnp.float32(0.0)}
-      return loss, (stats, aux)
+      return loss, aux
 
-    (d_loss, (d_batch_stats, d_aux)), d_grads = jax.value_and_grad(
-        d_objective, has_aux=True)(state.d.params)
-    d_updates, d_opt_state = self.d_tx.update(d_grads, state.d.opt_state, state.d.params)
-    d_params = optax.apply_updates(state.d.params, d_updates)
+    (d_loss, d_aux), d_grads = jax.value_and_grad(d_objective, has_aux=True)(state.d.params)
+    # The clean pass read the old weights too: the in-place update comes after it.
+    d_params, d_opt_state = step_lib.apply_optimizer(self.d_tx, state.d, d_grads,
+                                                     after=d_batch_stats)
     new_d = step_lib.Player(d_params, d_batch_stats, d_opt_state)
 
-    metrics = {'d_loss': d_loss, **d_aux, 'd_grad_norm': optax.tree.norm(d_grads)}
+    metrics = {'d_loss': d_loss, **d_aux}
+    grad_norms = cfg.get('grad_norm_metrics', False)
+    if grad_norms:
+      metrics['d_grad_norm'] = step_lib.global_norm(d_grads)
     if not self.is_ebgan:
       return SSLState(step=state.step + 1, d=new_d, g=None), metrics
     metrics['margin'] = margin
 
     if not generator_on:  # After the switch-off: G and its optimizer are left as they are.
-      metrics |= {'g_loss': jnp.float32(0.0), 'g_grad_norm': jnp.float32(0.0),
-                  'generator_on': jnp.float32(0.0)}
+      metrics |= {'g_loss': jnp.float32(0.0), 'generator_on': jnp.float32(0.0)}
+      if grad_norms:
+        metrics['g_grad_norm'] = jnp.float32(0.0)
       return SSLState(step=state.step + 1, d=new_d, g=state.g), metrics
 
     # Generator update, Eq. (2): mean energy of G(z) under the updated D (its running
     # statistics untouched).
     def g_objective(x_fake_images):
-      out, _ = self._ladder(d_params, d_batch_stats, self.to_ladder_pixels(x_fake_images),
-                            g_d_key, fake_train)
-      return losses.g_loss(losses.squared_l2_energy(self.to_ladder_pixels(x_fake_images),
-                                                    out['x_rec']))
+      return losses.g_loss(self._energy(d_params, d_batch_stats,
+                                        self.to_ladder_pixels(x_fake_images), g_d_key,
+                                        fake_train))
 
     g_loss, dx = jax.value_and_grad(g_objective)(x_fake)
     (g_grads,) = g_vjp(dx)
-    g_updates, g_opt_state = self.g_tx.update(g_grads, state.g.opt_state, state.g.params)
-    g_params = optax.apply_updates(state.g.params, g_updates)
-    metrics |= {'g_loss': g_loss, 'g_grad_norm': optax.tree.norm(g_grads),
-                'generator_on': jnp.float32(1.0)}
+    g_params, g_opt_state = step_lib.apply_optimizer(self.g_tx, state.g, g_grads)
+    metrics |= {'g_loss': g_loss, 'generator_on': jnp.float32(1.0)}
+    if grad_norms:
+      metrics['g_grad_norm'] = step_lib.global_norm(g_grads)
     new_g = step_lib.Player(g_params, g_batch_stats, g_opt_state)
     return SSLState(step=state.step + 1, d=new_d, g=new_g), metrics
 
@@ -249,6 +291,24 @@ class Trainer:
       pred = np.asarray(predict(state.d.params, state.d.batch_stats, chunk))[:real]
       wrong += int(np.sum(pred != labels[start:start + real]))
     return wrong / num
+
+
+def _each_batch(fn: Callable, *per_batch: list) -> list:
+  """[fn(*args) for args in zip(*per_batch)]: one `jax.vmap`ped call when every batch's
+  arguments have the same shapes (the Ladder's App. D batches of 100), else one call each.
+
+  A Ladder path vmapped over batches computes what one call per batch computes -- each batch
+  normalized with its own statistics, its noise drawn from its own key -- with each weight
+  in one matrix product over all the batches (and one weight gradient, instead of a sum of
+  per-batch ones) and each noise draw in one call (BENCHMARKS.md, CPU).
+  """
+  args = list(zip(*per_batch))
+  shapes = {str(jax.tree.map(lambda a: (a.shape, a.dtype), a)) for a in args}
+  if len(args) < 2 or len(shapes) > 1:
+    return [fn(*a) for a in args]
+  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *args)
+  out = jax.vmap(fn)(*stacked)
+  return [jax.tree.map(lambda leaf, i=i: leaf[i], out) for i in range(len(args))]
 
 
 def jit_train_step(trainer: Trainer, mesh: jax.sharding.Mesh
