@@ -15,19 +15,16 @@ One pure train step, `Trainer.train_step(state, labelled_batch, unlabelled_batch
 
 The Ladder Network sees pixels in `config.pixel_range`: (0, 1) maps the project's [-1, 1]
 images and G's tanh output by x -> (x + 1) / 2 (configs/mnist_ssl.py says why). The labelled,
-unlabelled and generated batches each go through the network separately, so each is normalized
-with its own batch statistics, as in Rasmus et al.'s code.
+unlabelled and generated batches are each normalized with their own batch statistics, as in
+Rasmus et al.'s code.
 
-`train_and_evaluate(config, workdir)` runs the loop with checkpoints and resumption like
-`ebgan_jax.train`, then reports the test error of the clean path (Rasmus et al.'s classifier).
+This module is the state, the step and the test error; `ebgan_jax.ssl_train` is the loop of
+one run, `ebgan_jax.ssl_population` trains many runs in one program.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import pathlib
-import time
 from typing import Any, Callable
 
 import flax
@@ -38,16 +35,12 @@ import ml_collections
 import numpy as np
 import optax
 import optax.losses
-from absl import logging
 
-from ebgan_jax import input_pipeline, losses, metric_writer, models, sample
-from ebgan_jax import sharding, ssl_data, step as step_lib, train as train_lib
-from ebgan_jax import workdir as workdir_lib
+from ebgan_jax import losses, models, sharding, step as step_lib
 from ebgan_jax.models import ladder
 
 Metrics = dict[str, jax.Array]
 LabelledBatch = tuple[jax.Array, jax.Array]  # (images [B, H, W, C] in [-1, 1], labels [B])
-RESULTS_FILE = 'results.json'
 
 
 @flax.struct.dataclass
@@ -152,8 +145,8 @@ class Trainer:
 
   def train_step(self, state: SSLState, labelled_batch: LabelledBatch,
                  unlabelled_batch: jax.Array, key: jax.Array,
-                 batch_sharding: jax.sharding.Sharding | None = None
-                 ) -> tuple[SSLState, Metrics]:
+                 batch_sharding: jax.sharding.Sharding | None = None,
+                 generator_on: bool | None = None) -> tuple[SSLState, Metrics]:
     """One D update (and, for EBGAN-LN while step < generator_off_step, one G update).
 
     Args:
@@ -162,12 +155,17 @@ class Trainer:
       unlabelled_batch: images [B, H, W, C] in [-1, 1].
       key: the run's train key; the step's randomness is `fold_in(key, state.step)`.
       batch_sharding: when given, z and G(z) are constrained to it (data parallel).
+      generator_on: None: from the step (`lax.cond` on step < generator_off_step); True or
+        False: that step's program alone, for a caller that knows the step's phase (a
+        population of members at one step: under `vmap` a `cond` on each member's step
+        would run both branches).
     Returns:
       The new state and scalar metrics (the same keys whether G is on or off).
     """
     with step_lib.matmul_precision(self.config):  # config.matmul_precision, as the GAN step.
-      if not self.is_ebgan:
-        return self._step(state, labelled_batch, unlabelled_batch, key, batch_sharding, False)
+      if not self.is_ebgan or generator_on is not None:
+        return self._step(state, labelled_batch, unlabelled_batch, key, batch_sharding,
+                          bool(self.is_ebgan and generator_on))
       return jax.lax.cond(
           state.step < self.config.generator_off_step,
           lambda s: self._step(s, labelled_batch, unlabelled_batch, key, batch_sharding, True),
@@ -329,130 +327,25 @@ def jit_train_step(trainer: Trainer, mesh: jax.sharding.Mesh
                  out_shardings=(repl, repl), donate_argnums=0)
 
 
-# -- data ---------------------------------------------------------------------------------------
+def jit_train_steps(trainer: Trainer, mesh: jax.sharding.Mesh
+                    ) -> Callable[[SSLState, LabelledBatch, jax.Array, jax.Array],
+                                  tuple[SSLState, Metrics]]:
+  """K train steps per call: `trainer.train_step` scanned over batches stacked [K, B, ...].
 
-class SSLData:
-  """The labelled subset, the unlabelled set and the test split, in host memory.
-
-  Batches are pure functions of (seed, step) (`ssl_data.stream_indices`), so a resumed run sees
-  the same batches; each process takes its slice of every global batch.
+  The same steps as K calls of `jit_train_step` (step i trains on the i-th batches; each
+  step's randomness is still `fold_in(key, step)`), with the metrics stacked [K]. The host
+  work around a call (dispatch, drawing the next batches) is paid once per K steps.
+  Input state donated.
   """
+  batch = sharding.batch_sharding(mesh)
+  stacked = sharding.stacked_batch_sharding(mesh)
+  repl = sharding.replicated(mesh)
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    self.config = config
-    images, labels = input_pipeline.split_arrays(config, 'train')  # [N, H, W, C], [N]
-    self.labelled_idx = ssl_data.balanced_labelled_subset(
-        labels, config.ssl.num_labelled, config.ssl.labelled_seed)  # [num_labelled]
-    self.labelled_images = images[self.labelled_idx]
-    self.labelled_labels = labels[self.labelled_idx]
-    if config.ssl.unlabelled_includes_labelled:
-      self.unlabelled_images = images
-    else:
-      self.unlabelled_images = np.delete(images, self.labelled_idx, axis=0)
-    self.test_images, self.test_labels = input_pipeline.split_arrays(config, 'test')
+  def steps(state, labelled_batches, unlabelled_batches, key):
+    def one(state, batches):
+      labelled, unlabelled = batches
+      return trainer.train_step(state, labelled, unlabelled, key, batch_sharding=batch)
+    return jax.lax.scan(one, state, (labelled_batches, unlabelled_batches))
 
-  def batch(self, step: int, mesh: jax.sharding.Mesh) -> tuple[LabelledBatch, jax.Array]:
-    """The global (labelled, unlabelled) batches of `step`, sharded over `mesh`."""
-    cfg = self.config
-    seed = cfg.seed
-    lab = ssl_data.stream_indices(len(self.labelled_labels), cfg.ssl.labelled_batch_size,
-                                  step, (seed, 0))
-    unl = ssl_data.stream_indices(len(self.unlabelled_images), cfg.batch_size, step, (seed, 1))
-    lab, unl = _process_slice(lab), _process_slice(unl)
-    return ((sharding.global_batch(self.labelled_images[lab], mesh),
-             sharding.global_batch(self.labelled_labels[lab], mesh)),
-            sharding.global_batch(self.unlabelled_images[unl], mesh))
-
-
-def _process_slice(indices: np.ndarray) -> np.ndarray:
-  """This process's contiguous part of a global batch's indices."""
-  local = input_pipeline.local_batch_size(len(indices), jax.process_count())
-  return indices[jax.process_index() * local:(jax.process_index() + 1) * local]
-
-
-# -- the loop -----------------------------------------------------------------------------------
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
-                       ) -> tuple[SSLState, dict[str, Any]]:
-  """Trains `config` in `workdir` (resuming from its newest checkpoint); returns the final
-  state and the results written to `workdir/results.json` (test error of the clean path)."""
-  workdir = pathlib.Path(workdir)
-  workdir_lib.record_config(workdir, config, write=jax.process_index() == 0)
-  num_steps = config.total_steps
-  mesh = sharding.make_mesh(config.ssl.get('num_devices', 0) or None)
-  for name, size in (('batch_size', config.batch_size),
-                     ('ssl.labelled_batch_size', config.ssl.labelled_batch_size)):
-    if size % mesh.devices.size:
-      raise ValueError(f'config.{name}={size} does not split over {mesh.devices.size} devices '
-                       '(App. D uses 100); set --config.ssl.num_devices to a divisor of it, '
-                       'or run one seed per device.')
-  trainer = Trainer(config, num_steps)
-  data = SSLData(config)
-
-  state, start, ckpt, train_key, sample_key = train_lib.init_or_restore(
-      trainer.create_state, config, workdir, mesh)
-
-  train_step = jit_train_step(trainer, mesh)
-  writer = metric_writer.MetricWriter(workdir / 'logs')
-  buffer = train_lib.MetricsBuffer()  # Same non-finite checks.
-  sample_z = (trainer.sample_latents(sample_key, config.num_sample_images)
-              if trainer.is_ebgan else None)
-  generate = jax.jit(trainer.generate) if trainer.is_ebgan else None
-
-  def write_samples(step_number: int) -> None:
-    if generate is None:
-      return
-    images = sample.to_uint8(generate(state.g.params, state.g.batch_stats, sample_z))
-    if jax.process_index() == 0:
-      grid = sample.image_grid(images)
-      metric_writer.write_png(workdir / 'samples' / f'step_{step_number:07d}.png', grid)
-      writer.write_image(step_number, 'samples', grid)
-
-  def test_error() -> float:
-    return trainer.evaluate(state, data.test_images, data.test_labels)
-
-  def save(step_number: int) -> None:
-    means = buffer.flush()  # Never save a state whose losses were not finite.
-    if means is not None:
-      writer.write_scalars(step_number, {f'train/{k}': v for k, v in means.items()})
-    ckpt.save(step_number, state)
-    writer.write_scalars(step_number, {'eval/test_error': test_error()})
-
-  logging.info('%s: %d labels, training %d steps (from step %d) on %d device(s).',
-               config.variant, config.ssl.num_labelled, num_steps, start, jax.device_count())
-  t_start, s_start = time.time(), start
-  try:
-    with train_lib.StopSignal() as stop:
-      for s in range(start, num_steps):
-        labelled, unlabelled = data.batch(s, mesh)
-        state, metrics = train_step(state, labelled, unlabelled, train_key)
-        done = s + 1
-        buffer.add(done, metrics)
-        if done % config.log_every_steps == 0 or done == num_steps:
-          train_lib.log_progress(buffer, writer, done, num_steps, t_start, s_start)
-        if stop.should_stop(done):
-          save(done)
-          logging.warning('Stopped by %s at step %d; checkpoint saved. Run the same command '
-                          'to resume.', stop.received or 'a signal to another process', done)
-          return state, {}
-        if done % config.checkpoint_every_steps == 0 or done == num_steps:
-          save(done)
-        if done % config.sample_every_steps == 0 or done == num_steps:
-          write_samples(done)
-    error = test_error()
-    train_seconds = time.time() - t_start
-  finally:
-    writer.close()
-    ckpt.close()
-  results = {'variant': config.variant, 'num_labelled': config.ssl.num_labelled,
-             'seed': config.seed, 'labelled_seed': config.ssl.labelled_seed,
-             'dataset': config.dataset, 'steps': num_steps,
-             'test_error': error, 'test_error_percent': 100.0 * error,
-             'num_test': int(len(data.test_labels)),
-             'train_seconds_this_session': train_seconds, 'device': str(jax.devices()[0]),
-             'device_count': jax.device_count()}
-  if jax.process_index() == 0:
-    (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=2, sort_keys=True))
-  logging.info('Test error (clean path, %d test images): %.2f%%', len(data.test_labels),
-               100.0 * error)
-  return state, results
+  return jax.jit(steps, in_shardings=(repl, (stacked, stacked), stacked, repl),
+                 out_shardings=(repl, repl), donate_argnums=0)

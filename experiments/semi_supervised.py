@@ -30,7 +30,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ebgan_jax import checkpoint, semi_supervised
+from ebgan_jax import checkpoint, ssl_train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Run directory (or, with --seeds, the table directory).',
@@ -76,7 +76,7 @@ def run_dir(table_dir: pathlib.Path, variant: str, num_labelled: int, seed: int)
 def collect(table_dir: pathlib.Path) -> dict[str, dict[int, list[dict]]]:
   """{variant: {num_labelled: [results of finished runs]}} under `table_dir`."""
   found: dict[str, dict[int, list[dict]]] = {}
-  for path in sorted(table_dir.glob(f'*/n*/seed*/{semi_supervised.RESULTS_FILE}')):
+  for path in sorted(table_dir.glob(f'*/n*/seed*/{ssl_train.RESULTS_FILE}')):
     result = json.loads(path.read_text())
     found.setdefault(result['variant'], {}).setdefault(result['num_labelled'], []).append(result)
   return found
@@ -129,10 +129,10 @@ def drive(config: ml_collections.ConfigDict, table_dir: pathlib.Path, num_seeds:
   for n in label_counts:
     for seed in range(index, num_seeds, count):
       workdir = run_dir(table_dir, config.variant, n, seed)
-      if (workdir / semi_supervised.RESULTS_FILE).exists():
+      if (workdir / ssl_train.RESULTS_FILE).exists():
         logging.info('%s is done; skipping.', workdir)
         continue
-      _, results = semi_supervised.train_and_evaluate(run_config(config, n, seed), workdir)
+      _, results = ssl_train.train_and_evaluate(run_config(config, n, seed), workdir)
       if not results:  # Stopped by a signal: leave the table for the next invocation.
         return
   if jax.process_index() == 0:
@@ -159,7 +159,7 @@ def main(argv):
   tf.config.set_visible_devices([], 'GPU')  # tf.data only.
   workdir = pathlib.Path(FLAGS.workdir)
   if FLAGS.seeds <= 0:
-    _, results = semi_supervised.train_and_evaluate(FLAGS.config, workdir)
+    _, results = ssl_train.train_and_evaluate(FLAGS.config, workdir)
     if results:
       print(json.dumps(results, indent=2, sort_keys=True))
     return

@@ -17,7 +17,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import mnist_ssl
-from ebgan_jax import input_pipeline, semi_supervised, sharding
+from ebgan_jax import input_pipeline, semi_supervised, sharding, ssl_train
 from experiments import semi_supervised as experiment
 
 SMALL_WIDTHS = (64, 32, 10)
@@ -334,6 +334,29 @@ def test_compiled_step_updates_the_weights_in_place():
   assert not copies, 'weights copied before their update:\n' + '\n'.join(copies)
 
 
+def test_scanned_steps_equal_one_step_per_call_across_the_generator_switch_off():
+  # Two steps in one lax.scan (G on, then off at step 1) against two calls of one step. SGD:
+  # Adam would turn float rounding in near-zero gradients into sizeable differences.
+  config = _small_config('ebgan_ln', generator_off_step=1, **{
+      'optim.optim_d': 'sgd', 'optim.optim_g': 'sgd', 'optim.lr_d': 0.1, 'optim.lr_g': 0.1})
+  trainer = semi_supervised.Trainer(config)
+  mesh = sharding.make_mesh(1)
+  batches = [_batches(1), _batches(3)]
+  key = jax.random.key(2)
+  state = jax.jit(trainer.create_state)(jax.random.key(0))
+  one = semi_supervised.jit_train_step(trainer, mesh)
+  singles = []
+  for labelled, unlabelled in batches:
+    state, metrics = one(state, labelled, unlabelled, key)
+    singles.append(metrics)
+  expected = jax.device_get((state, jax.tree.map(lambda *m: jnp.stack(m), *singles)))
+  stacked = jax.tree.map(lambda *b: jnp.stack(b), *batches)
+  state = jax.jit(trainer.create_state)(jax.random.key(0))
+  got = jax.device_get(semi_supervised.jit_train_steps(trainer, mesh)(state, *stacked, key))
+  chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(got[1]['generator_on'], [1.0, 0.0])
+
+
 def test_evaluate_counts_clean_path_errors_with_a_padded_last_batch():
   config = _small_config('ladder')
   trainer = semi_supervised.Trainer(config)
@@ -349,7 +372,7 @@ def test_evaluate_counts_clean_path_errors_with_a_padded_last_batch():
 # -- end to end --------------------------------------------------------------------------------
 
 def _run(config, workdir: pathlib.Path):
-  return semi_supervised.train_and_evaluate(config, str(workdir))
+  return ssl_train.train_and_evaluate(config, str(workdir))
 
 
 def _assert_clean_path_error(state, test_images, test_labels, results):
@@ -387,12 +410,12 @@ def test_smoke_run_of_the_ladder_on_embedded_digits(tfds_data_dir, tmp_path):
 
 def test_smoke_run_of_ebgan_ln_on_embedded_digits_resumes(tfds_data_dir, tmp_path):
   config = _small_config('ebgan_ln', tfds_data_dir, total_steps=2, generator_off_step=2,
-                         checkpoint_every_steps=2, sample_every_steps=2)
-  state, _ = _run(config, tmp_path)
+                         checkpoint_every_steps=2, sample_every_steps=2, steps_per_call=2)
+  state, _ = _run(config, tmp_path)  # one scanned call of two steps
   assert int(state.step) == 2
   assert (tmp_path / 'samples' / 'step_0000002.png').exists()  # G's sample grid
   config.total_steps = 3  # Resuming may lengthen the run (workdir.RESUMABLE_FIELDS).
-  state, results = _run(config, tmp_path)
+  state, results = _run(config, tmp_path)  # one call of one step
   assert int(state.step) == 3 and results['num_test'] == 2000
   chex.assert_tree_all_finite(state.d.params)
 
@@ -423,7 +446,7 @@ def test_table2_driver_runs_its_shard_of_the_seeds_and_skips_finished_runs(tmp_p
     (workdir / 'results.json').write_text(json.dumps(result))
     return None, result
 
-  monkeypatch.setattr(semi_supervised, 'train_and_evaluate', fake_train)
+  monkeypatch.setattr(ssl_train, 'train_and_evaluate', fake_train)
   config = mnist_ssl.get_config('ladder')
   experiment.drive(config, tmp_path, num_seeds=4, label_counts=[100, 1000], shard=(1, 2))
   # Seeds 1 and 3 (s % 2 == 1), run seed = labelled-subset seed.
