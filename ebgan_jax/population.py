@@ -46,10 +46,11 @@ def _get(config: ml_collections.ConfigDict, dotted: str):
   return config
 
 
-def shared_signature(config: ml_collections.ConfigDict) -> str:
+def shared_signature(config: ml_collections.ConfigDict,
+                     fields: Sequence[str] = MEMBER_FIELDS) -> str:
   """The config with the member fields blanked: runs with equal signatures can share a program."""
   blanked = ml_collections.ConfigDict(config.to_dict())
-  for dotted in MEMBER_FIELDS:
+  for dotted in fields:
     *parents, leaf = dotted.split('.')
     node = blanked
     for p in parents:

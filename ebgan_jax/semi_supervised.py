@@ -71,6 +71,7 @@ class Trainer:
                                         self.total_steps)
     self.image_shape = models.image_shape(config)
     step_lib.matmul_precision(config)  # Fails here, with the allowed values, not in a step.
+    self._jit_predict = None
 
   # -- state ----------------------------------------------------------------------------------
   def create_state(self, key: jax.Array) -> SSLState:
@@ -276,19 +277,27 @@ class Trainer:
     The clean path uses running BN statistics, so each example's prediction is independent of
     its batch; the last batch is zero-padded and its padding ignored.
     """
-    batch_size = batch_size or self.config.ssl.eval_batch_size
-    predict = jax.jit(self.predict)
-    num = images.shape[0]
-    wrong = 0
-    for start in range(0, num, batch_size):
-      chunk = images[start:start + batch_size]
-      real = chunk.shape[0]
-      if real < batch_size:
-        chunk = np.concatenate([chunk, np.zeros((batch_size - real, *chunk.shape[1:]),
-                                                chunk.dtype)])
-      pred = np.asarray(predict(state.d.params, state.d.batch_stats, chunk))[:real]
-      wrong += int(np.sum(pred != labels[start:start + real]))
-    return wrong / num
+    if self._jit_predict is None:  # One program for every evaluation of this trainer.
+      self._jit_predict = jax.jit(self.predict)
+    predicted = predict_in_batches(
+        lambda chunk: self._jit_predict(state.d.params, state.d.batch_stats, chunk),
+        images, batch_size or self.config.ssl.eval_batch_size)
+    return float(np.mean(predicted != np.asarray(labels)))
+
+
+def predict_in_batches(predict: Callable[[np.ndarray], jax.Array], images: np.ndarray,
+                       batch_size: int) -> np.ndarray:
+  """predict(chunk)[..., :real] over `images` [N, ...] in chunks of `batch_size` (the last one
+  zero-padded, its padding dropped), concatenated along the last axis: [..., N]."""
+  out = []
+  for start in range(0, images.shape[0], batch_size):
+    chunk = images[start:start + batch_size]
+    real = chunk.shape[0]
+    if real < batch_size:
+      chunk = np.concatenate([chunk, np.zeros((batch_size - real, *chunk.shape[1:]),
+                                              chunk.dtype)])
+    out.append(np.asarray(predict(chunk))[..., :real])
+  return np.concatenate(out, axis=-1)
 
 
 def _each_batch(fn: Callable, *per_batch: list) -> list:
