@@ -253,7 +253,7 @@ def _train_with_key(module, variables, x, key):
 
 @pytest.mark.parametrize('arg', ['ladder', 'ebgan_ln', 'ladder,num_labelled=200',
                                  'ebgan_ln,num_labelled=1000', 'ladder,runlocal',
-                                 'ebgan_ln,runlocal'])
+                                 'ebgan_ln,runlocal', 'control', 'control,runlocal'])
 def test_mnist_ssl_configs_build(arg):
   config = mnist_ssl.get_config(arg)
   assert config.image_size == 28  # App. D: unpadded MNIST.
@@ -276,5 +276,9 @@ def test_mnist_ssl_paper_schedules():
       180_000, 120_000, 60_000)
   assert (ln.optim.lr_d, ln.optim.lr_g) == (0.0005, 0.00025)
   assert mnist_ssl.get_config('ebgan_ln,runlocal').dataset == 'mnist_10k'
+  # The control arm: the Ladder and its schedule at EBGAN-LN's D learning rate.
+  control = mnist_ssl.get_config('control')
+  assert (control.optim.lr_d, control.total_steps, control.optim.lr_decay_start,
+          control.loss.kind, control.loss.hinge_weight) == (0.0005, 120_000, 80_000, 'none', 0.0)
   with pytest.raises(ValueError, match='num_labelled'):
     mnist_ssl.get_config('ladder,num_labelled=300')

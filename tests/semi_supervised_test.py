@@ -17,7 +17,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import mnist_ssl
-from ebgan_jax import input_pipeline, semi_supervised, sharding, ssl_train
+from ebgan_jax import input_pipeline, semi_supervised, sharding, ssl_population, ssl_train
 from experiments import semi_supervised as experiment
 
 SMALL_WIDTHS = (64, 32, 10)
@@ -455,3 +455,50 @@ def test_table2_driver_runs_its_shard_of_the_seeds_and_skips_finished_runs(tmp_p
       tmp_path / 'table2.md').read_text()
   experiment.drive(config, tmp_path, num_seeds=4, label_counts=[100], shard=(1, 2))
   assert len(calls) == 4  # finished runs are skipped
+
+
+def _write_result(table_dir, variant, n, seed, error):
+  d = experiment.run_dir(table_dir, variant, n, seed)
+  d.mkdir(parents=True, exist_ok=True)
+  (d / 'results.json').write_text(json.dumps({
+      'variant': variant, 'num_labelled': n, 'seed': seed, 'test_error_percent': error,
+      'steps': 9, 'dataset': 'mnist_10k', 'num_test': 2000, 'device': 'cpu'}))
+
+
+def test_table2_reports_paired_differences_by_seed_with_a_t_interval(tmp_path):
+  for seed, (ln, lad) in enumerate([(1.0, 2.0), (2.0, 2.5), (4.0, 4.5)]):
+    _write_result(tmp_path, 'ebgan_ln', 100, seed, ln)
+    _write_result(tmp_path, 'ladder', 100, seed, lad)
+  _write_result(tmp_path, 'ladder', 100, 3, 9.0)  # no EBGAN-LN partner: not paired
+  table = experiment.table_markdown(experiment.collect(tmp_path))
+  # Differences -1, -0.5, -0.5: mean -2/3; sample sd sqrt((1/9 + 2/36) / 2) = 0.2887, sem
+  # 0.1667; t(0.975, 2) = 4.3027: half-width 0.7171, so [-1.384, +0.050].
+  assert '| EBGAN-LN − Ladder (LN bottom-layer-cost) | -0.67 [-1.38, +0.05] (3) | - | - |' in table
+  assert 'control' not in table.split('paired difference')[1].split('Per-seed')[0]
+  assert '1.36±0.21' in table and '0.89±0.04' in table  # the paper's rows
+
+
+def test_table2_driver_trains_populations_of_runs_at_the_same_step(tmp_path, monkeypatch):
+  calls = []
+
+  def fake_population(configs, workdirs, strategy, splits, deadline):
+    calls.append(([(c.ssl.num_labelled, c.seed) for c in configs], strategy, splits))
+    for c, w in zip(configs, workdirs):
+      _write_result(w.parents[1], c.variant, c.ssl.num_labelled, c.seed, float(c.seed))
+    return [{'test_error': 0.0} for _ in configs]
+
+  monkeypatch.setattr(ssl_population, 'train_population', fake_population)
+  monkeypatch.setattr(ssl_train, 'load_splits', lambda config: 'the splits')
+  resumed = {(100, 1)}  # this run has a checkpoint at step 5
+  monkeypatch.setattr(ssl_population, 'resume_step', lambda w: 5 if (
+      int(w.parent.name[1:]), int(w.name[4:])) in resumed else 0)
+  _write_result(tmp_path, 'control', 200, 0, 1.0)  # finished: skipped
+  config = mnist_ssl.get_config('control')
+  experiment.drive(config, tmp_path, num_seeds=3, label_counts=[100, 200],
+                   population_size=3, strategy='unroll')
+  # The run at step 5 alone first; the other four from step 0 in populations of <= 3.
+  assert calls == [([(100, 1)], 'unroll', 'the splits'),
+                   ([(100, 0), (100, 2), (200, 1)], 'unroll', 'the splits'),
+                   ([(200, 2)], 'unroll', 'the splits')]
+  assert (tmp_path / 'table2.md').exists()
+  assert "control: Ladder at EBGAN-LN's D lr 0.0005" in (tmp_path / 'table2.md').read_text()
