@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 from configs import mnist_ssl
 from ebgan_jax import input_pipeline, semi_supervised, sharding, ssl_population, ssl_train
 from experiments import semi_supervised as experiment
+from experiments import ssl_benchmark
 
 SMALL_WIDTHS = (64, 32, 10)
 IMAGE = (28, 28, 1)
@@ -502,3 +503,29 @@ def test_table2_driver_trains_populations_of_runs_at_the_same_step(tmp_path, mon
                    ([(200, 2)], 'unroll', 'the splits')]
   assert (tmp_path / 'table2.md').exists()
   assert "control: Ladder at EBGAN-LN's D lr 0.0005" in (tmp_path / 'table2.md').read_text()
+
+
+def test_step_flops_are_the_hand_counted_matrix_products():
+  # experiments/benchmark.py's FLOP column for the App. D networks, by hand. Multiply-adds per
+  # image of one pass: encoder E = 784*1000 + 1000*500 + 500*250 + 2*250*250 + 250*10 =
+  # 1,536,500, the decoder the same. Per (labelled, unlabelled) pair of the Ladder step:
+  # labelled clean and corrupted forward (2E) and the corrupted backward (weight gradients E,
+  # input gradients E - 784,000: none for the pixels); unlabelled clean, corrupted and decoder
+  # forward (3E) and the backward of the last two (4E - 784,000): 11E - 1,568,000.
+  e = 1_536_500
+  ladder = 11 * e - 1_568_000
+  # EBGAN-LN with G on adds per generated image (G = 100*800 + 3*800*800 + 800*784 =
+  # 2,627,200): G's forward (G); D's update on it, corrupted and decoder forward and backward
+  # (6E - 784,000); G's update: D forward again (2E) and input gradients down to the pixels
+  # (2E), G's backward (2G - 80,000).
+  g = 2_627_200
+  ebgan_ln = ladder + 3 * g + 10 * e - 864_000
+  for variant, macs in (('ladder', ladder), ('ebgan_ln', ebgan_ln)):
+    flops = {}
+    for b in (8, 16):
+      config = mnist_ssl.get_config(variant)
+      config.batch_size = config.ssl.labelled_batch_size = b
+      trainer = semi_supervised.Trainer(config)
+      flops[b] = ssl_benchmark.step_flops(trainer, config, generator_on=variant == 'ebgan_ln')
+    slope = (flops[16] - flops[8]) / 8  # per (labelled, unlabelled[, generated]) image
+    assert 2 * macs <= slope <= 1.04 * 2 * macs, (variant, slope / (2 * macs))
