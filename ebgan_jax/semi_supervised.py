@@ -45,7 +45,7 @@ LabelledBatch = tuple[jax.Array, jax.Array]  # (images [B, H, W, C] in [-1, 1], 
 
 @flax.struct.dataclass
 class SSLState:
-  """The whole training state, one pytree (orbax saves it, `jax.vmap` could stack it)."""
+  """The whole training state, one pytree (orbax saves it, `ssl_population` stacks it)."""
   step: jax.Array                  # int32 scalar: number of completed train steps.
   d: step_lib.Player               # The Ladder Network (EBGAN-LN's discriminator).
   g: step_lib.Player | None        # EBGAN-LN's generator; None for the plain Ladder.

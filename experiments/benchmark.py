@@ -338,37 +338,6 @@ def machine_description() -> str:
           f'host {cpu}, {os.cpu_count()} cores; jax {jax.__version__}')
 
 
-def time_ssl_populations(peak: float) -> list[dict]:
-  """The --ssl_population_sizes rows: compiled first, timed round by round, medians."""
-  rows = []
-  for variant in FLAGS.ssl_population_variants:
-    for size in map(int, FLAGS.ssl_population_sizes):
-      # EBGAN-LN's costly phase, G on; after the switch-off its step is the Ladder's.
-      on = load_config(f'mnist_ssl:{variant}').loss.kind == 'ebgan'
-      rows.append(ssl_benchmark.prepare_population(
-          variant, size, FLAGS.population_steps_per_call, 100, FLAGS.population_strategy,
-          FLAGS.matmul_precision, on))
-      print(f"compiled {rows[-1]['variant']} x{size} ({rows[-1]['strategy']}) in "
-            f"{rows[-1]['compile_s']:.1f} s", flush=True)
-  if not rows:
-    return rows
-  for i in range(FLAGS.rounds):
-    rates = [ssl_benchmark.time_population(r, FLAGS.seconds) for r in rows]
-    print(f'ssl population round {i + 1}: ' + ', '.join(
-        f"{r['variant']} x{r['population']}: {x:.0f}" for r, x in zip(rows, rates))
-        + f' member-steps/s; load average {os.getloadavg()[0]:.2f}', flush=True)
-  print('\n| SSL population | members | strategy | steps/call | member-steps/s | '
-        'population steps/s | GFLOP/member-step | GFLOP/s | % of matmul peak | compile s |')
-  print('|---|---:|---|---:|---:|---:|---:|---:|---:|---:|')
-  for r in rows:
-    ssl_benchmark.summarize_population(r, peak)
-    print(f"| {r['variant']} | {r['population']} | {r['strategy']} | {r['steps_per_call']} | "
-          f"{r['member_steps_per_s']:.1f} | {r['population_steps_per_s']:.2f} | "
-          f"{r['flops_per_member_step'] / 1e9:.3f} | {r['gflops_per_s']:.1f} | "
-          f"{r['percent_of_peak']:.0f}% | {r['compile_s']:.1f} |", flush=True)
-  return rows
-
-
 def main(argv):
   del argv
   n = FLAGS.matmul_size or (2048 if jax.default_backend() == 'cpu' else 8192)
@@ -459,7 +428,10 @@ def main(argv):
             f"{r['steps_per_s']:.1f} | {r['vs_single_run']:.2f}x | "
             + ', '.join(f'{x:.2f}x' for x in r['rounds_vs_single_run'])
             + f" | {r['compile_s']:.1f} | {r['percent_of_peak']:.0f}% |", flush=True)
-  ssl_rows = time_ssl_populations(peak)
+  ssl_rows = ssl_benchmark.time_populations(
+      FLAGS.ssl_population_variants, list(map(int, FLAGS.ssl_population_sizes)),
+      FLAGS.population_steps_per_call, FLAGS.population_strategy, FLAGS.matmul_precision,
+      FLAGS.rounds, FLAGS.seconds, peak)
   memory = peak_memory_mib()
   print(f'\nPeak memory: {memory:.0f} MiB')
   if FLAGS.json:

@@ -11,7 +11,9 @@ what `experiments/gpu_table2.sh` sizes the full schedule from.
 
 from __future__ import annotations
 
+import os
 import time
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -124,3 +126,37 @@ def summarize_population(row: dict, peak_gflops: float) -> None:
   row['percent_of_peak'] = 100 * row['gflops_per_s'] / peak_gflops
   for key in [k for k in row if k.startswith('_')]:
     del row[key]
+
+
+def time_populations(variants: Sequence[str], sizes: Sequence[int], steps_per_call: int,
+                     strategy: str, matmul_precision: str, rounds: int, seconds: float,
+                     peak_gflops: float) -> list[dict]:
+  """The --ssl_population_sizes rows: all compiled first, then timed round by round (so load
+  from other processes hits them alike), each reporting its median round; printed as a
+  table. EBGAN-LN is timed with G on: after the switch-off its step is the Ladder's."""
+  from configs import mnist_ssl  # pylint: disable=g-import-not-at-top
+  rows = []
+  for variant in variants:
+    for size in sizes:
+      on = mnist_ssl.get_config(variant).loss.kind == 'ebgan'
+      rows.append(prepare_population(variant, size, steps_per_call, 100, strategy,
+                                     matmul_precision, on))
+      print(f"compiled {rows[-1]['variant']} x{size} ({rows[-1]['strategy']}) in "
+            f"{rows[-1]['compile_s']:.1f} s", flush=True)
+  if not rows:
+    return rows
+  for i in range(rounds):
+    rates = [time_population(r, seconds) for r in rows]
+    print(f'ssl population round {i + 1}: ' + ', '.join(
+        f"{r['variant']} x{r['population']}: {x:.0f}" for r, x in zip(rows, rates))
+        + f' member-steps/s; load average {os.getloadavg()[0]:.2f}', flush=True)
+  print('\n| SSL population | members | strategy | steps/call | member-steps/s | '
+        'population steps/s | GFLOP/member-step | GFLOP/s | % of matmul peak | compile s |')
+  print('|---|---:|---|---:|---:|---:|---:|---:|---:|---:|')
+  for r in rows:
+    summarize_population(r, peak_gflops)
+    print(f"| {r['variant']} | {r['population']} | {r['strategy']} | {r['steps_per_call']} | "
+          f"{r['member_steps_per_s']:.1f} | {r['population_steps_per_s']:.2f} | "
+          f"{r['flops_per_member_step'] / 1e9:.3f} | {r['gflops_per_s']:.1f} | "
+          f"{r['percent_of_peak']:.0f}% | {r['compile_s']:.1f} |", flush=True)
+  return rows
