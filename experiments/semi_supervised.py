@@ -16,9 +16,10 @@ seed (EBGAN-LN - Ladder, EBGAN-LN - control) with 95% t-intervals. The arms may 
   done
 --population_size=P trains up to P of an arm's pending runs together as one program
 (`ebgan_jax.ssl_population`: vmapped on an accelerator, unrolled on a CPU); 1 trains them one
-after another. Finished runs (those with results.json) are skipped and interrupted ones resume
-from their checkpoints, so the same command continues a partly done table; --max_seconds
-stops it cleanly (checkpoints saved) after a time budget. --shard=I/N splits the seeds over N
+after another; the default, 0, is all of them on an accelerator and one at a time on a CPU.
+Finished runs (those with results.json) are skipped and interrupted ones resume from their
+checkpoints, so the same command continues a partly done table; --max_seconds stops it
+cleanly (checkpoints saved) after a time budget. --shard=I/N splits the seeds over N
 processes, e.g. one per GPU with CUDA_VISIBLE_DEVICES=I.
 """
 
@@ -46,9 +47,11 @@ config_flags.DEFINE_config_file('config', None, 'configs/mnist_ssl.py:VARIANT[,.
 flags.DEFINE_integer('seeds', 0, '0: one run in --workdir with the config\'s seeds. S > 0: '
                      'Table 2 driver over seeds 0..S-1 (the paper averages 15).')
 flags.DEFINE_list('num_labelled', [], 'Driver mode: label counts (default: the config\'s).')
-flags.DEFINE_integer('population_size', 1, 'Driver mode: train up to this many pending runs '
-                     'of the arm as one program (ebgan_jax.ssl_population); 1: one at a time. '
-                     '45 = 15 seeds x 3 label counts.')
+flags.DEFINE_integer('population_size', 0, 'Driver mode: train up to this many pending runs '
+                     'of the arm as one program (ebgan_jax.ssl_population); 1: one at a time; '
+                     '0: all of them on an accelerator (45 = 15 seeds x 3 label counts), one '
+                     'at a time on a CPU (where a population runs at the speed of its runs '
+                     'alone, BENCHMARKS.md, and its unrolled program grows with its size).')
 flags.DEFINE_enum('population_strategy', 'auto', ['auto', 'vmap', 'unroll'],
                   "How a population program advances its members ('auto': 'unroll' on CPU, "
                   "'vmap' elsewhere).")
@@ -261,7 +264,8 @@ def main(argv):
   index, count = (int(v) for v in FLAGS.shard.split('/'))
   if not 0 <= index < count:
     raise app.UsageError(f'--shard={FLAGS.shard}: expected I/N with 0 <= I < N.')
-  drive(FLAGS.config, workdir, FLAGS.seeds, counts, (index, count), FLAGS.population_size,
+  size = FLAGS.population_size or (1 if jax.default_backend() == 'cpu' else 10**6)
+  drive(FLAGS.config, workdir, FLAGS.seeds, counts, (index, count), size,
         FLAGS.population_strategy, FLAGS.max_seconds)
 
 
