@@ -15,18 +15,16 @@ One pure train step, `Trainer.train_step(state, labelled_batch, unlabelled_batch
 
 The Ladder Network sees pixels in `config.pixel_range`: (0, 1) maps the project's [-1, 1]
 images and G's tanh output by x -> (x + 1) / 2 (configs/mnist_ssl.py says why). The labelled,
-unlabelled and generated batches each go through the network separately, so each is normalized
-with its own batch statistics, as in Rasmus et al.'s code.
+unlabelled and generated batches are each normalized with their own batch statistics, as in
+Rasmus et al.'s code.
 
-`train_and_evaluate(config, workdir)` runs the loop with checkpoints and resumption like
-`ebgan_jax.train`, then reports the test error of the clean path (Rasmus et al.'s classifier).
+This module is the state, the step and the test error; `ebgan_jax.ssl_train` is the loop of
+one run, `ebgan_jax.ssl_population` trains many runs in one program.
 """
 
 from __future__ import annotations
 
-import json
-import pathlib
-import time
+import functools
 from typing import Any, Callable
 
 import flax
@@ -37,21 +35,17 @@ import ml_collections
 import numpy as np
 import optax
 import optax.losses
-from absl import logging
 
-from ebgan_jax import data, losses, metric_writer, models, sample
-from ebgan_jax import sharding, ssl_data, step as step_lib, train as train_lib
-from ebgan_jax import workdir as workdir_lib
+from ebgan_jax import losses, models, sharding, step as step_lib
 from ebgan_jax.models import ladder
 
 Metrics = dict[str, jax.Array]
 LabelledBatch = tuple[jax.Array, jax.Array]  # (images [B, H, W, C] in [-1, 1], labels [B])
-RESULTS_FILE = 'results.json'
 
 
 @flax.struct.dataclass
 class SSLState:
-  """The whole training state, one pytree (orbax saves it, `jax.vmap` could stack it)."""
+  """The whole training state, one pytree (orbax saves it, `ssl_population` stacks it)."""
   step: jax.Array                  # int32 scalar: number of completed train steps.
   d: step_lib.Player               # The Ladder Network (EBGAN-LN's discriminator).
   g: step_lib.Player | None        # EBGAN-LN's generator; None for the plain Ladder.
@@ -76,6 +70,8 @@ class Trainer:
     self.g_tx = step_lib.make_optimizer(config.optim.optim_g, config.optim.lr_g, config,
                                         self.total_steps)
     self.image_shape = models.image_shape(config)
+    step_lib.matmul_precision(config)  # Fails here, with the allowed values, not in a step.
+    self._jit_predict = None
 
   # -- state ----------------------------------------------------------------------------------
   def create_state(self, key: jax.Array) -> SSLState:
@@ -111,19 +107,47 @@ class Trainer:
                                 train=False, rngs={'noise': jax.random.key(0)})
 
   # -- the step -------------------------------------------------------------------------------
-  def _ladder(self, params, batch_stats, x, key, train: bool = True):
-    """The Ladder on pixels `x` [B, H, W, C] (already in its range); (outputs, batch_stats)."""
-    if not train:  # Clean path, running statistics, no noise.
-      return self.ladder.apply({'params': params, 'batch_stats': batch_stats}, x,
-                               train=False), batch_stats
-    out, updates = self.ladder.apply({'params': params, 'batch_stats': batch_stats}, x,
-                                     train=True, rngs={'noise': key}, mutable=['batch_stats'])
-    return out, updates['batch_stats']
+  # The Ladder's three paths run separately (`LadderNetwork`'s methods), each on the batches
+  # that need it: the clean path (forward only: its batch statistics become the test-time
+  # running ones) on the labelled and unlabelled batches in turn; the corrupted encoder on
+  # the labelled, unlabelled and generated batches; the decoder on the unlabelled and
+  # generated ones (the labelled batch's reconstruction enters no loss). Batches of one shape
+  # go through a path together (`_each_batch`), each with its own statistics and noise.
+
+  def _clean_statistics(self, params, batch_stats, batches: list[jax.Array]):
+    """The running statistics after the clean path has seen `batches`, in order (train mode:
+    each normalized with its own statistics, updating the running ones)."""
+    for x in batches:
+      _, updates = self.ladder.apply({'params': params, 'batch_stats': batch_stats}, x,
+                                     train=True, method='clean_encoder', mutable=['batch_stats'])
+      batch_stats = updates['batch_stats']
+    return batch_stats
+
+  def _corrupted(self, params, x, key):
+    """(logits~ [B, K], laterals z~(0..L)) of the corrupted encoder on pixels x [B, ...]."""
+    return self.ladder.apply({'params': params}, x, method='corrupted_encoder',
+                             rngs={'noise': key})
+
+  def _clean(self, params, batch_stats, x):
+    """(logits, laterals z(0..L)) of the clean path with running statistics (no noise)."""
+    return self.ladder.apply({'params': params, 'batch_stats': batch_stats}, x, train=False,
+                             method='clean_encoder')
+
+  def _decode(self, params, encoded):
+    """x_rec [B, D] (flat) from an encoder's (logits, laterals)."""
+    logits, laterals = encoded
+    return self.ladder.apply({'params': params}, laterals, logits, method='decoder')
+
+  def _energy(self, params, batch_stats, x, key, train: bool) -> jax.Array:
+    """Per-sample energy [B] of pixels x: the corrupted path's reconstruction cost (`train`),
+    or the clean path's with running statistics."""
+    encoded = self._corrupted(params, x, key) if train else self._clean(params, batch_stats, x)
+    return losses.squared_l2_energy(x.reshape(x.shape[0], -1), self._decode(params, encoded))
 
   def train_step(self, state: SSLState, labelled_batch: LabelledBatch,
                  unlabelled_batch: jax.Array, key: jax.Array,
-                 batch_sharding: jax.sharding.Sharding | None = None
-                 ) -> tuple[SSLState, Metrics]:
+                 batch_sharding: jax.sharding.Sharding | None = None,
+                 generator_on: bool | None = None) -> tuple[SSLState, Metrics]:
     """One D update (and, for EBGAN-LN while step < generator_off_step, one G update).
 
     Args:
@@ -132,16 +156,22 @@ class Trainer:
       unlabelled_batch: images [B, H, W, C] in [-1, 1].
       key: the run's train key; the step's randomness is `fold_in(key, state.step)`.
       batch_sharding: when given, z and G(z) are constrained to it (data parallel).
+      generator_on: None: from the step (`lax.cond` on step < generator_off_step); True or
+        False: that step's program alone, for a caller that knows the step's phase (a
+        population of members at one step: under `vmap` a `cond` on each member's step
+        would run both branches).
     Returns:
       The new state and scalar metrics (the same keys whether G is on or off).
     """
-    if not self.is_ebgan:
-      return self._step(state, labelled_batch, unlabelled_batch, key, batch_sharding, False)
-    return jax.lax.cond(
-        state.step < self.config.generator_off_step,
-        lambda s: self._step(s, labelled_batch, unlabelled_batch, key, batch_sharding, True),
-        lambda s: self._step(s, labelled_batch, unlabelled_batch, key, batch_sharding, False),
-        state)
+    with step_lib.matmul_precision(self.config):  # config.matmul_precision, as the GAN step.
+      if not self.is_ebgan or generator_on is not None:
+        return self._step(state, labelled_batch, unlabelled_batch, key, batch_sharding,
+                          bool(self.is_ebgan and generator_on))
+      return jax.lax.cond(
+          state.step < self.config.generator_off_step,
+          lambda s: self._step(s, labelled_batch, unlabelled_batch, key, batch_sharding, True),
+          lambda s: self._step(s, labelled_batch, unlabelled_batch, key, batch_sharding, False),
+          state)
 
   def _step(self, state: SSLState, labelled_batch: LabelledBatch, unlabelled_batch: jax.Array,
             key: jax.Array, batch_sharding: jax.sharding.Sharding | None, generator_on: bool
@@ -165,58 +195,71 @@ class Trainer:
           self.generator, state.g, z, g_noise_key)
       x_fake_pix = self.to_ladder_pixels(x_fake)  # [B, H, W, C]
 
+    # The clean path's running statistics (the test classifier's): labelled, then unlabelled
+    # (then generated, with fake_updates_batch_stats) batch; forward only.
+    d_batch_stats = self._clean_statistics(
+        state.d.params, state.d.batch_stats,
+        [x_lab, x_unl] + ([x_fake_pix] if generator_on and fake_train
+                          and cfg.ssl.fake_updates_batch_stats else []))
+
     # Discriminator update; G(z) is a constant here.
     def d_objective(d_params):
-      out_lab, stats = self._ladder(d_params, state.d.batch_stats, x_lab, lab_key)
-      ce = jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(
-          out_lab['logits_corrupted'], labels))
-      out_unl, stats = self._ladder(d_params, stats, x_unl, unl_key)
-      e_real = losses.squared_l2_energy(x_unl, out_unl['x_rec'])  # [B]
+      corrupted_in, keys = [x_lab, x_unl], [lab_key, unl_key]
+      if generator_on and fake_train:
+        corrupted_in, keys = corrupted_in + [x_fake_pix], keys + [fake_key]
+      encoded = _each_batch(functools.partial(self._corrupted, d_params), corrupted_in, keys)
+      if generator_on and not fake_train:  # Clean path, the running statistics after x_unl.
+        real_stats = self._clean_statistics(d_params, state.d.batch_stats, [x_lab, x_unl])
+        encoded.append(self._clean(d_params, real_stats, x_fake_pix))
+      logits_lab = encoded[0][0]  # [B_l, K], corrupted
+      x_rec = _each_batch(functools.partial(self._decode, d_params), encoded[1:])
+      ce = jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(logits_lab, labels))
+      e_real = losses.squared_l2_energy(x_unl.reshape(x_rec[0].shape), x_rec[0])  # [B]
       loss = cfg.loss.class_weight * ce + cfg.loss.recon_weight * jnp.mean(e_real)
       aux = {'ce_loss': ce, 'energy_real': jnp.mean(e_real),
-             'train_error': jnp.mean(jnp.argmax(out_lab['logits_corrupted'], -1) != labels)}
+             'train_error': jnp.mean(jnp.argmax(logits_lab, -1) != labels)}
       if generator_on:
-        out_fake, fake_stats = self._ladder(d_params, stats, x_fake_pix, fake_key, fake_train)
-        if cfg.ssl.fake_updates_batch_stats:
-          stats = fake_stats
-        e_fake = losses.squared_l2_energy(x_fake_pix, out_fake['x_rec'])  # [B]
+        e_fake = losses.squared_l2_energy(x_fake_pix.reshape(x_rec[1].shape), x_rec[1])  # [B]
         hinge = jnp.mean(jax.nn.relu(margin - e_fake))  # Eq. (1)'s second term, per sample.
         loss = loss + cfg.loss.hinge_weight * hinge
         aux |= {'energy_fake': jnp.mean(e_fake), 'hinge': hinge}
       else:
         aux |= {'energy_fake': jnp.float32(0.0), 'hinge': jnp.float32(0.0)}
-      return loss, (stats, aux)
+      return loss, aux
 
-    (d_loss, (d_batch_stats, d_aux)), d_grads = jax.value_and_grad(
-        d_objective, has_aux=True)(state.d.params)
-    d_updates, d_opt_state = self.d_tx.update(d_grads, state.d.opt_state, state.d.params)
-    d_params = optax.apply_updates(state.d.params, d_updates)
+    (d_loss, d_aux), d_grads = jax.value_and_grad(d_objective, has_aux=True)(state.d.params)
+    # The clean pass read the old weights too: the in-place update comes after it.
+    d_params, d_opt_state = step_lib.apply_optimizer(self.d_tx, state.d, d_grads,
+                                                     after=d_batch_stats)
     new_d = step_lib.Player(d_params, d_batch_stats, d_opt_state)
 
-    metrics = {'d_loss': d_loss, **d_aux, 'd_grad_norm': optax.tree.norm(d_grads)}
+    metrics = {'d_loss': d_loss, **d_aux}
+    grad_norms = cfg.get('grad_norm_metrics', False)
+    if grad_norms:
+      metrics['d_grad_norm'] = step_lib.global_norm(d_grads)
     if not self.is_ebgan:
       return SSLState(step=state.step + 1, d=new_d, g=None), metrics
     metrics['margin'] = margin
 
     if not generator_on:  # After the switch-off: G and its optimizer are left as they are.
-      metrics |= {'g_loss': jnp.float32(0.0), 'g_grad_norm': jnp.float32(0.0),
-                  'generator_on': jnp.float32(0.0)}
+      metrics |= {'g_loss': jnp.float32(0.0), 'generator_on': jnp.float32(0.0)}
+      if grad_norms:
+        metrics['g_grad_norm'] = jnp.float32(0.0)
       return SSLState(step=state.step + 1, d=new_d, g=state.g), metrics
 
     # Generator update, Eq. (2): mean energy of G(z) under the updated D (its running
     # statistics untouched).
     def g_objective(x_fake_images):
-      out, _ = self._ladder(d_params, d_batch_stats, self.to_ladder_pixels(x_fake_images),
-                            g_d_key, fake_train)
-      return losses.g_loss(losses.squared_l2_energy(self.to_ladder_pixels(x_fake_images),
-                                                    out['x_rec']))
+      return losses.g_loss(self._energy(d_params, d_batch_stats,
+                                        self.to_ladder_pixels(x_fake_images), g_d_key,
+                                        fake_train))
 
     g_loss, dx = jax.value_and_grad(g_objective)(x_fake)
     (g_grads,) = g_vjp(dx)
-    g_updates, g_opt_state = self.g_tx.update(g_grads, state.g.opt_state, state.g.params)
-    g_params = optax.apply_updates(state.g.params, g_updates)
-    metrics |= {'g_loss': g_loss, 'g_grad_norm': optax.tree.norm(g_grads),
-                'generator_on': jnp.float32(1.0)}
+    g_params, g_opt_state = step_lib.apply_optimizer(self.g_tx, state.g, g_grads)
+    metrics |= {'g_loss': g_loss, 'generator_on': jnp.float32(1.0)}
+    if grad_norms:
+      metrics['g_grad_norm'] = step_lib.global_norm(g_grads)
     new_g = step_lib.Player(g_params, g_batch_stats, g_opt_state)
     return SSLState(step=state.step + 1, d=new_d, g=new_g), metrics
 
@@ -234,19 +277,45 @@ class Trainer:
     The clean path uses running BN statistics, so each example's prediction is independent of
     its batch; the last batch is zero-padded and its padding ignored.
     """
-    batch_size = batch_size or self.config.ssl.eval_batch_size
-    predict = jax.jit(self.predict)
-    num = images.shape[0]
-    wrong = 0
-    for start in range(0, num, batch_size):
-      chunk = images[start:start + batch_size]
-      real = chunk.shape[0]
-      if real < batch_size:
-        chunk = np.concatenate([chunk, np.zeros((batch_size - real, *chunk.shape[1:]),
-                                                chunk.dtype)])
-      pred = np.asarray(predict(state.d.params, state.d.batch_stats, chunk))[:real]
-      wrong += int(np.sum(pred != labels[start:start + real]))
-    return wrong / num
+    if self._jit_predict is None:  # One program for every evaluation of this trainer.
+      self._jit_predict = jax.jit(self.predict)
+    predicted = predict_in_batches(
+        lambda chunk: self._jit_predict(state.d.params, state.d.batch_stats, chunk),
+        images, batch_size or self.config.ssl.eval_batch_size)
+    return float(np.mean(predicted != np.asarray(labels)))
+
+
+def predict_in_batches(predict: Callable[[np.ndarray], jax.Array], images: np.ndarray,
+                       batch_size: int) -> np.ndarray:
+  """predict(chunk)[..., :real] over `images` [N, ...] in chunks of `batch_size` (the last one
+  zero-padded, its padding dropped), concatenated along the last axis: [..., N]."""
+  out = []
+  for start in range(0, images.shape[0], batch_size):
+    chunk = images[start:start + batch_size]
+    real = chunk.shape[0]
+    if real < batch_size:
+      chunk = np.concatenate([chunk, np.zeros((batch_size - real, *chunk.shape[1:]),
+                                              chunk.dtype)])
+    out.append(np.asarray(predict(chunk))[..., :real])
+  return np.concatenate(out, axis=-1)
+
+
+def _each_batch(fn: Callable, *per_batch: list) -> list:
+  """[fn(*args) for args in zip(*per_batch)]: one `jax.vmap`ped call when every batch's
+  arguments have the same shapes (the Ladder's App. D batches of 100), else one call each.
+
+  A Ladder path vmapped over batches computes what one call per batch computes -- each batch
+  normalized with its own statistics, its noise drawn from its own key -- with each weight
+  in one matrix product over all the batches (and one weight gradient, instead of a sum of
+  per-batch ones) and each noise draw in one call (BENCHMARKS.md, CPU).
+  """
+  args = list(zip(*per_batch))
+  shapes = {str(jax.tree.map(lambda a: (a.shape, a.dtype), a)) for a in args}
+  if len(args) < 2 or len(shapes) > 1:
+    return [fn(*a) for a in args]
+  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *args)
+  out = jax.vmap(fn)(*stacked)
+  return [jax.tree.map(lambda leaf, i=i: leaf[i], out) for i in range(len(args))]
 
 
 def jit_train_step(trainer: Trainer, mesh: jax.sharding.Mesh
@@ -267,130 +336,25 @@ def jit_train_step(trainer: Trainer, mesh: jax.sharding.Mesh
                  out_shardings=(repl, repl), donate_argnums=0)
 
 
-# -- data ---------------------------------------------------------------------------------------
+def jit_train_steps(trainer: Trainer, mesh: jax.sharding.Mesh
+                    ) -> Callable[[SSLState, LabelledBatch, jax.Array, jax.Array],
+                                  tuple[SSLState, Metrics]]:
+  """K train steps per call: `trainer.train_step` scanned over batches stacked [K, B, ...].
 
-class SSLData:
-  """The labelled subset, the unlabelled set and the test split, in host memory.
-
-  Batches are pure functions of (seed, step) (`ssl_data.stream_indices`), so a resumed run sees
-  the same batches; each process takes its slice of every global batch.
+  The same steps as K calls of `jit_train_step` (step i trains on the i-th batches; each
+  step's randomness is still `fold_in(key, step)`), with the metrics stacked [K]. The host
+  work around a call (dispatch, drawing the next batches) is paid once per K steps.
+  Input state donated.
   """
+  batch = sharding.batch_sharding(mesh)
+  stacked = sharding.stacked_batch_sharding(mesh)
+  repl = sharding.replicated(mesh)
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    self.config = config
-    images, labels = data.split_arrays(config, 'train')  # [N, H, W, C], [N]
-    self.labelled_idx = ssl_data.balanced_labelled_subset(
-        labels, config.ssl.num_labelled, config.ssl.labelled_seed)  # [num_labelled]
-    self.labelled_images = images[self.labelled_idx]
-    self.labelled_labels = labels[self.labelled_idx]
-    if config.ssl.unlabelled_includes_labelled:
-      self.unlabelled_images = images
-    else:
-      self.unlabelled_images = np.delete(images, self.labelled_idx, axis=0)
-    self.test_images, self.test_labels = data.split_arrays(config, 'test')
+  def steps(state, labelled_batches, unlabelled_batches, key):
+    def one(state, batches):
+      labelled, unlabelled = batches
+      return trainer.train_step(state, labelled, unlabelled, key, batch_sharding=batch)
+    return jax.lax.scan(one, state, (labelled_batches, unlabelled_batches))
 
-  def batch(self, step: int, mesh: jax.sharding.Mesh) -> tuple[LabelledBatch, jax.Array]:
-    """The global (labelled, unlabelled) batches of `step`, sharded over `mesh`."""
-    cfg = self.config
-    seed = cfg.seed
-    lab = ssl_data.stream_indices(len(self.labelled_labels), cfg.ssl.labelled_batch_size,
-                                  step, (seed, 0))
-    unl = ssl_data.stream_indices(len(self.unlabelled_images), cfg.batch_size, step, (seed, 1))
-    lab, unl = _process_slice(lab), _process_slice(unl)
-    return ((sharding.global_batch(self.labelled_images[lab], mesh),
-             sharding.global_batch(self.labelled_labels[lab], mesh)),
-            sharding.global_batch(self.unlabelled_images[unl], mesh))
-
-
-def _process_slice(indices: np.ndarray) -> np.ndarray:
-  """This process's contiguous part of a global batch's indices."""
-  local = data.local_batch_size(len(indices), jax.process_count())
-  return indices[jax.process_index() * local:(jax.process_index() + 1) * local]
-
-
-# -- the loop -----------------------------------------------------------------------------------
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
-                       ) -> tuple[SSLState, dict[str, Any]]:
-  """Trains `config` in `workdir` (resuming from its newest checkpoint); returns the final
-  state and the results written to `workdir/results.json` (test error of the clean path)."""
-  workdir = pathlib.Path(workdir)
-  workdir_lib.record_config(workdir, config, write=jax.process_index() == 0)
-  num_steps = config.total_steps
-  mesh = sharding.make_mesh(config.ssl.get('num_devices', 0) or None)
-  for name, size in (('batch_size', config.batch_size),
-                     ('ssl.labelled_batch_size', config.ssl.labelled_batch_size)):
-    if size % mesh.devices.size:
-      raise ValueError(f'config.{name}={size} does not split over {mesh.devices.size} devices '
-                       '(App. D uses 100); set --config.ssl.num_devices to a divisor of it, '
-                       'or run one seed per device.')
-  trainer = Trainer(config, num_steps)
-  data = SSLData(config)
-
-  state, start, ckpt, train_key, sample_key = train_lib.init_or_restore(
-      trainer.create_state, config, workdir, mesh)
-
-  train_step = jit_train_step(trainer, mesh)
-  writer = metric_writer.MetricWriter(workdir / 'logs')
-  buffer = train_lib.MetricsBuffer()  # Same non-finite checks.
-  sample_z = (trainer.sample_latents(sample_key, config.num_sample_images)
-              if trainer.is_ebgan else None)
-  generate = jax.jit(trainer.generate) if trainer.is_ebgan else None
-
-  def write_samples(step_number: int) -> None:
-    if generate is None:
-      return
-    images = sample.to_uint8(generate(state.g.params, state.g.batch_stats, sample_z))
-    if jax.process_index() == 0:
-      grid = sample.image_grid(images)
-      metric_writer.write_png(workdir / 'samples' / f'step_{step_number:07d}.png', grid)
-      writer.write_image(step_number, 'samples', grid)
-
-  def test_error() -> float:
-    return trainer.evaluate(state, data.test_images, data.test_labels)
-
-  def save(step_number: int) -> None:
-    means = buffer.flush()  # Never save a state whose losses were not finite.
-    if means is not None:
-      writer.write_scalars(step_number, {f'train/{k}': v for k, v in means.items()})
-    ckpt.save(step_number, state)
-    writer.write_scalars(step_number, {'eval/test_error': test_error()})
-
-  logging.info('%s: %d labels, training %d steps (from step %d) on %d device(s).',
-               config.variant, config.ssl.num_labelled, num_steps, start, jax.device_count())
-  t_start, s_start = time.time(), start
-  try:
-    with train_lib.StopSignal() as stop:
-      for s in range(start, num_steps):
-        labelled, unlabelled = data.batch(s, mesh)
-        state, metrics = train_step(state, labelled, unlabelled, train_key)
-        done = s + 1
-        buffer.add(done, metrics)
-        if done % config.log_every_steps == 0 or done == num_steps:
-          train_lib.log_progress(buffer, writer, done, num_steps, t_start, s_start)
-        if stop.should_stop(done):
-          save(done)
-          logging.warning('Stopped by %s at step %d; checkpoint saved. Run the same command '
-                          'to resume.', stop.received or 'a signal to another process', done)
-          return state, {}
-        if done % config.checkpoint_every_steps == 0 or done == num_steps:
-          save(done)
-        if done % config.sample_every_steps == 0 or done == num_steps:
-          write_samples(done)
-    error = test_error()
-    train_seconds = time.time() - t_start
-  finally:
-    writer.close()
-    ckpt.close()
-  results = {'variant': config.variant, 'num_labelled': config.ssl.num_labelled,
-             'seed': config.seed, 'labelled_seed': config.ssl.labelled_seed,
-             'dataset': config.dataset, 'steps': num_steps,
-             'test_error': error, 'test_error_percent': 100.0 * error,
-             'num_test': int(len(data.test_labels)),
-             'train_seconds_this_session': train_seconds, 'device': str(jax.devices()[0]),
-             'device_count': jax.device_count()}
-  if jax.process_index() == 0:
-    (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=2, sort_keys=True))
-  logging.info('Test error (clean path, %d test images): %.2f%%', len(data.test_labels),
-               100.0 * error)
-  return state, results
+  return jax.jit(steps, in_shardings=(repl, (stacked, stacked), stacked, repl),
+                 out_shardings=(repl, repl), donate_argnums=0)

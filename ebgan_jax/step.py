@@ -290,7 +290,7 @@ class Trainer:
 
     (d_loss, (d_batch_stats, d_aux)), d_grads = jax.value_and_grad(
         d_objective, has_aux=True)(state.d.params)
-    d_params, d_opt_state = _apply_optimizer(self.d_tx, state.d, d_grads)
+    d_params, d_opt_state = apply_optimizer(self.d_tx, state.d, d_grads)
 
     # Generator update, against the updated D (its running statistics are not touched here).
     def g_objective(x):
@@ -303,7 +303,7 @@ class Trainer:
 
     (g_loss, g_aux), dx = jax.value_and_grad(g_objective, has_aux=True)(x_fake)
     (g_grads,) = g_vjp(dx)
-    g_params, g_opt_state = _apply_optimizer(self.g_tx, state.g, g_grads)
+    g_params, g_opt_state = apply_optimizer(self.g_tx, state.g, g_grads)
     g_ema = state.g_ema
     if self.ema_decay:  # g_ema <- d * g_ema + (1 - d) * g_params (the updated params).
       g_ema = jax.tree.map(lambda e, p: self.ema_decay * e + (1.0 - self.ema_decay) * p,
@@ -334,8 +334,8 @@ def global_norm(tree: Any) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.abs(x) * jnp.abs(x)) for x in jax.tree.leaves(tree)))
 
 
-def _apply_optimizer(tx: optax.GradientTransformation, player: Player, grads: Any
-                     ) -> tuple[Any, Any]:
+def apply_optimizer(tx: optax.GradientTransformation, player: Player, grads: Any,
+                    after: Any = None) -> tuple[Any, Any]:
   """One optax update of `player`'s params: (new params, new optimizer state).
 
   The params get `0 * g[0]` of every gradient g added: no value changes, but the update is
@@ -346,9 +346,11 @@ def _apply_optimizer(tx: optax.GradientTransformation, player: Player, grads: An
   (BENCHMARKS.md). One element per gradient makes the dependency without another pass over
   it (`lax.optimization_barrier` over params and gradients left two weights copied). A
   non-finite gradient makes the params non-finite, as its update would anyway (and the
-  training loop stops on it).
+  training loop stops on it). `after`: other results computed from the old params outside
+  the backward pass (e.g. the Ladder's clean-path statistics), ordered before the update the
+  same way.
   """
-  zero = 0.0 * sum(g.ravel()[0] for g in jax.tree.leaves(grads))
+  zero = 0.0 * sum(g.ravel()[0] for g in jax.tree.leaves((grads, after)))
   params = jax.tree.map(lambda p: p + zero.astype(p.dtype), player.params)
   updates, opt_state = tx.update(grads, player.opt_state, params)
   return optax.apply_updates(params, updates), opt_state

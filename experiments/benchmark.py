@@ -48,6 +48,7 @@ from absl import app, flags
 
 from configs import mnist_fc
 from ebgan_jax import population, sharding, step
+from experiments import ssl_benchmark
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('configs', ['gan', 'ebgan', 'ebgan_pt'],
@@ -86,6 +87,11 @@ flags.DEFINE_integer('population_steps_per_call', 100, 'Steps per jitted call of
 flags.DEFINE_list('steps_per_call', [], 'Train steps per jitted call (one lax.scan, as the '
                   "training loop runs them), e.g. 1,10 to time both; empty: each config's "
                   '`steps_per_call`.')
+flags.DEFINE_list('ssl_population_sizes', [], 'Also time populations of these many '
+                  'semi-supervised runs (ebgan_jax.ssl_population, as Table 2\'s driver runs '
+                  'them, --population_steps_per_call steps a call), e.g. 45.')
+flags.DEFINE_list('ssl_population_variants', ['ladder', 'ebgan_ln'], 'configs/mnist_ssl.py '
+                  'variants of the --ssl_population_sizes rows (EBGAN-LN: G on and G off).')
 flags.DEFINE_string('json', '', 'Write the results to this JSON file.')
 flags.DEFINE_list('overrides', [], 'KEY=VALUE config overrides for every timed config and '
                   'population member, e.g. model.size_g=64,model.size_d=48 (small widths for '
@@ -198,8 +204,12 @@ def prepare_step(variant: str, batch_size: int, lowering: str = '', steps_per_ca
     config.model.dtype = FLAGS.dtype
   if lowering:
     set_lowering(config, lowering)
-  mesh, trainer, state, images, key = synthetic_step_inputs(config)
   k = steps_per_call or config.get('steps_per_call', 1)
+  if ssl_benchmark.is_ssl(config):  # Labelled and unlabelled batches of `batch_size` each.
+    return {'config': variant, 'lowering': '', 'label': variant, 'batch_size': batch_size,
+            'steps_per_call': k, 'matmul_precision': FLAGS.matmul_precision,
+            **ssl_benchmark.prepare_step(config, k)}
+  mesh, trainer, state, images, key = synthetic_step_inputs(config)
   t = time.perf_counter()
   if k == 1:
     compiled = step.jit_train_step(trainer, mesh).lower(state, images, key).compile()
@@ -443,6 +453,10 @@ def main(argv):
             f"{r['steps_per_s']:.1f} | {r['vs_single_run']:.2f}x | "
             + ', '.join(f'{x:.2f}x' for x in r['rounds_vs_single_run'])
             + f" | {r['compile_s']:.1f} | {r['percent_of_peak']:.0f}% |", flush=True)
+  ssl_rows = ssl_benchmark.time_populations(
+      FLAGS.ssl_population_variants, list(map(int, FLAGS.ssl_population_sizes)),
+      FLAGS.population_steps_per_call, FLAGS.population_strategy, FLAGS.matmul_precision,
+      FLAGS.rounds, FLAGS.seconds, peak)
   memory = peak_memory_mib()
   print(f'\nPeak memory: {memory:.0f} MiB')
   if FLAGS.json:
@@ -454,7 +468,8 @@ def main(argv):
                  'matmul_precision': FLAGS.matmul_precision,
                  'precision_matmul_gflops': precision_peak,
                  'peak_memory_mib': memory, 'results': rows,
-                 'populations': pop_rows, 'argv': sys.argv}, f, indent=2)
+                 'populations': pop_rows, 'ssl_populations': ssl_rows,
+                 'load_average_end': os.getloadavg(), 'argv': sys.argv}, f, indent=2)
 
 
 if __name__ == '__main__':

@@ -26,7 +26,7 @@ def _init(module, x):
 @pytest.fixture(scope='module')
 def small_variables():
   """Variables of LadderNetwork(SMALL_WIDTHS) on 7 inputs; independent of noise_std and B."""
-  return _init(ladder.LadderNetwork(widths=SMALL_WIDTHS), jnp.zeros((8, 7)))
+  return _init(ladder.LadderNetwork(widths=SMALL_WIDTHS, input_dim=7), jnp.zeros((8, 7)))
 
 
 def _train(module, variables, x, seed=0):
@@ -83,7 +83,7 @@ def test_encoder_batch_norm_has_bias_but_no_scale(small_variables):
 
 
 def test_clean_and_corrupted_paths_share_one_set_of_weights(small_variables):
-  model = ladder.LadderNetwork(widths=SMALL_WIDTHS, noise_std=0.0)
+  model = ladder.LadderNetwork(widths=SMALL_WIDTHS, input_dim=7, noise_std=0.0)
   x = jax.random.normal(jax.random.key(4), (16, 7))
   variables = small_variables
   # One kernel per encoder layer: the corrupted path creates no parameters of its own.
@@ -93,13 +93,13 @@ def test_clean_and_corrupted_paths_share_one_set_of_weights(small_variables):
   out, _ = jax.jit(lambda v: model.apply(v, x, train=True, mutable=['batch_stats']))(variables)
   chex.assert_trees_all_close(out['logits_corrupted'], out['logits_clean'], atol=1e-4)
   # With noise they differ.
-  noisy = ladder.LadderNetwork(widths=SMALL_WIDTHS, noise_std=0.3)
+  noisy = ladder.LadderNetwork(widths=SMALL_WIDTHS, input_dim=7, noise_std=0.3)
   out, _ = _train(noisy, variables, x)
   assert not np.allclose(out['logits_corrupted'], out['logits_clean'], atol=1e-3)
 
 
 def test_eval_mode_is_clean_and_needs_no_noise_rng(small_variables):
-  model = ladder.LadderNetwork(widths=SMALL_WIDTHS, noise_std=0.3)
+  model = ladder.LadderNetwork(widths=SMALL_WIDTHS, input_dim=7, noise_std=0.3)
   x = jax.random.normal(jax.random.key(6), (8, 7))
   variables = small_variables
   out = _eval(model, variables, x)  # no 'noise' rng given
@@ -107,7 +107,7 @@ def test_eval_mode_is_clean_and_needs_no_noise_rng(small_variables):
 
 
 def test_clean_logits_match_a_numpy_forward_pass(small_variables):
-  model = ladder.LadderNetwork(widths=SMALL_WIDTHS, noise_std=0.3)
+  model = ladder.LadderNetwork(widths=SMALL_WIDTHS, input_dim=7, noise_std=0.3)
   x = jax.random.normal(jax.random.key(7), (10, 7))
   variables = small_variables
   params = jax.tree.map(np.asarray, variables['params'])
@@ -128,7 +128,7 @@ def test_clean_logits_match_a_numpy_forward_pass(small_variables):
 
 
 def test_running_statistics_come_from_the_clean_path_only(small_variables):
-  model = ladder.LadderNetwork(widths=SMALL_WIDTHS, noise_std=1.0)
+  model = ladder.LadderNetwork(widths=SMALL_WIDTHS, input_dim=7, noise_std=1.0)
   x = jax.random.normal(jax.random.key(9), (32, 7)) + 2.0
   variables = small_variables
   _, updates = _train(model, variables, x)
@@ -174,7 +174,7 @@ def test_combinator_initialisation_follows_rasmus():
 
 def test_reconstruction_is_zero_at_initialisation(small_variables):
   # v = a10 = 0 at init, so z^ = mu = a1 sigmoid(.) + a4 u + a5 = 0 and the energy is sum x^2.
-  model = ladder.LadderNetwork(widths=SMALL_WIDTHS)
+  model = ladder.LadderNetwork(widths=SMALL_WIDTHS, input_dim=7)
   x = jnp.array([[1.0, -2.0, 0.0, 0.5, 0.5, 1.0, 3.0], [0.0] * 6 + [2.0]])
   variables = small_variables
   out, _ = _train(model, variables, x)
@@ -184,7 +184,7 @@ def test_reconstruction_is_zero_at_initialisation(small_variables):
 
 
 def test_bottom_lateral_connection_carries_the_corrupted_input(small_variables):
-  model = ladder.LadderNetwork(widths=SMALL_WIDTHS, noise_std=0.3)
+  model = ladder.LadderNetwork(widths=SMALL_WIDTHS, input_dim=7, noise_std=0.3)
   x = jax.random.uniform(jax.random.key(12), (256, 7))
   variables = _identity_bottom_combinator(small_variables)
   # Evaluation: no corruption, so g(z~(0), u) = z~(0) = x.
@@ -199,7 +199,7 @@ def test_bottom_lateral_connection_carries_the_corrupted_input(small_variables):
 
 
 def test_gradients_reach_encoder_and_decoder_through_the_reconstruction(small_variables):
-  model = ladder.LadderNetwork(widths=SMALL_WIDTHS, noise_std=0.3)
+  model = ladder.LadderNetwork(widths=SMALL_WIDTHS, input_dim=7, noise_std=0.3)
   x = jax.random.normal(jax.random.key(14), (8, 7))
   variables = small_variables
   # At initialisation v = mu = 0 in every combinator, so z^(l) = 0 and nothing reaches the
@@ -219,9 +219,41 @@ def test_gradients_reach_encoder_and_decoder_through_the_reconstruction(small_va
     assert any(np.abs(np.asarray(g)).sum() > 0 for g in jax.tree.leaves(grads[name])), name
 
 
+def test_paths_run_alone_or_vmapped_over_batches_equal_the_whole_network(small_variables):
+  # The training step runs the paths separately, several batches at once (semi_supervised.py).
+  model = ladder.LadderNetwork(widths=SMALL_WIDTHS, input_dim=7, noise_std=0.3)
+  variables = jax.tree.map(lambda a: a + 0.2, small_variables)  # non-trivial combinators
+  xs = jax.random.normal(jax.random.key(16), (2, 8, 7))  # two batches of 8
+  keys = jax.random.split(jax.random.key(17), 2)
+  whole = [_train_with_key(model, variables, xs[i], keys[i]) for i in range(2)]
+
+  def paths(x, key):
+    encoded = model.apply(variables, x, method='corrupted_encoder', rngs={'noise': key})
+    return encoded[0], model.apply(variables, *encoded[::-1], method='decoder')
+
+  # Each batch normalized with its own statistics, its noise from its own key: the same
+  # numbers as one whole-network call per batch.
+  logits, x_rec = jax.jit(jax.vmap(paths))(xs, keys)
+  for i in range(2):
+    chex.assert_trees_all_close(logits[i], whole[i][0]['logits_corrupted'], atol=1e-6)
+    chex.assert_trees_all_close(x_rec[i], whole[i][0]['x_rec'], atol=1e-6)
+  assert not np.allclose(logits[0], logits[1], atol=1e-3)
+  # The clean path alone updates the running statistics as the whole network does.
+  _, updates = jax.jit(lambda v: model.apply(v, xs[0], train=True, method='clean_encoder',
+                                             mutable=['batch_stats']))(variables)
+  chex.assert_trees_all_close(updates, whole[0][1], atol=1e-6)
+  with pytest.raises(ValueError, match='built for 7 inputs but got 784.*input_dim'):
+    model.apply(variables, jnp.zeros((2, 28, 28, 1)), train=False)
+
+
+def _train_with_key(module, variables, x, key):
+  return jax.jit(lambda v: module.apply(v, x, train=True, rngs={'noise': key},
+                                        mutable=['batch_stats']))(variables)
+
+
 @pytest.mark.parametrize('arg', ['ladder', 'ebgan_ln', 'ladder,num_labelled=200',
                                  'ebgan_ln,num_labelled=1000', 'ladder,runlocal',
-                                 'ebgan_ln,runlocal'])
+                                 'ebgan_ln,runlocal', 'control', 'control,runlocal'])
 def test_mnist_ssl_configs_build(arg):
   config = mnist_ssl.get_config(arg)
   assert config.image_size == 28  # App. D: unpadded MNIST.
@@ -244,17 +276,9 @@ def test_mnist_ssl_paper_schedules():
       180_000, 120_000, 60_000)
   assert (ln.optim.lr_d, ln.optim.lr_g) == (0.0005, 0.00025)
   assert mnist_ssl.get_config('ebgan_ln,runlocal').dataset == 'mnist_10k'
+  # The control arm: the Ladder and its schedule at EBGAN-LN's D learning rate.
+  control = mnist_ssl.get_config('control')
+  assert (control.optim.lr_d, control.total_steps, control.optim.lr_decay_start,
+          control.loss.kind, control.loss.hinge_weight) == (0.0005, 120_000, 80_000, 'none', 0.0)
   with pytest.raises(ValueError, match='num_labelled'):
     mnist_ssl.get_config('ladder,num_labelled=300')
-
-
-def test_ebgan_ln_margin_decays_from_16_to_0_by_step_60000():
-  loss = mnist_ssl.get_config('ebgan_ln').loss
-
-  def margin(step):
-    return float(losses.margin_at(step, loss.margin, loss.margin_decay_steps))
-
-  assert margin(0) == 16.0        # App. D: start at 16 ...
-  assert margin(30_000) == 8.0    # 16 * (1 - 30000 / 60000) = 8, linear in between,
-  assert margin(60_000) == 0.0    # ... and 0 within the first 60,000 steps,
-  assert margin(120_000) == 0.0   # staying 0 while D trains alone.

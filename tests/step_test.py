@@ -291,7 +291,7 @@ def test_d_with_dropout_draws_each_batch_its_own_mask():
 
 
 def test_optimizer_update_is_optax_update_and_needs_no_weight_copies():
-  """`_apply_optimizer` gives optax's update exactly; the compiled step copies no weight.
+  """`apply_optimizer` gives optax's update exactly; the compiled step copies no weight.
 
   The params pass through `p + 0 * g[0]` (every gradient g) so that XLA orders the in-place
   update after the backward pass; without it XLA:CPU copied every weight read by the
@@ -303,7 +303,7 @@ def test_optimizer_update_is_optax_update_and_needs_no_weight_copies():
   trainer = step.Trainer(config)
   state = trainer.create_state(jax.random.key(0))
   grads = jax.tree.map(lambda p: jnp.full_like(p, 0.01) + 0.001 * p, state.d.params)
-  params, opt_state = step._apply_optimizer(trainer.d_tx, state.d, grads)
+  params, opt_state = step.apply_optimizer(trainer.d_tx, state.d, grads)
   updates, expected_opt_state = trainer.d_tx.update(grads, state.d.opt_state, state.d.params)
   expected = jax.tree.map(lambda p, u: p + u, state.d.params, updates)
   chex.assert_trees_all_equal(params, expected)

@@ -77,7 +77,8 @@ def test_demo_and_its_scores_without_tensorflow(env, tmp_path):
   clf_dir = tmp_path / 'classifier'  # An untrained one: the scores' plumbing is under test.
   classifier.save_classifier(clf_dir, classifier.init_params(jax.random.key(0)),
                              {'test_accuracy': 0.1})
-  out = run(env, 'ebgan_jax.evaluate', f'--workdir={workdir}', '--num_samples=20',
+  out = run(env, 'ebgan_jax.evaluate', f'--workdir={workdir}', '--checkpoint=latest',
+            '--num_samples=20',
             f'--classifier_dir={clf_dir}').stdout
   scores = json.loads(out[:out.rindex('}') + 1])
   assert scores['step'] == 4

@@ -114,21 +114,127 @@ class LadderNetwork(nn.Module):
   """Bottom-layer-cost Ladder Network (App. D; Rasmus et al., 2015, Algorithm 1).
 
   `widths` lists the encoder's layer sizes above the input, the last one being the number of
-  classes. Parameters: encoder kernels `enc_dense_{l}` and gamma-free BNs `enc_bn_{l}` (bias
-  beta and running statistics only) for l = 1..L; decoder kernels `dec_dense_{l}` (V(l+1),
-  from layer l+1 down to layer l) for l = 0..L-1; combinators `combinator_{l}` for l = 0..L.
-  The corrupted path draws its noise from the `'noise'` RNG stream, only when `train` is True
-  and `noise_std > 0`.
+  classes; `input_dim` is the flat input's size (784 for MNIST). Parameters: encoder kernels
+  `enc_dense_{l}` and gamma-free BNs `enc_bn_{l}` (bias beta and running statistics only) for
+  l = 1..L; decoder kernels `dec_dense_{l}` (V(l+1), from layer l+1 down to layer l) for
+  l = 0..L-1; combinators `combinator_{l}` for l = 0..L. The corrupted path draws its noise
+  from the `'noise'` RNG stream, only when `train` is True and `noise_std > 0`.
+
+  `__call__` runs the three paths. They are also methods of their own (`clean_encoder`,
+  `corrupted_encoder`, `decoder`, through `apply(..., method=...)`), so that a training step
+  can run each path on the batches that need it, e.g. the decoder only on batches whose
+  reconstruction enters a loss, and several batches through one path at once (`jax.vmap`
+  over them, each normalized with its own statistics) with the same arithmetic as one call
+  per batch.
   """
   widths: Sequence[int] = MNIST_WIDTHS
   noise_std: float = NOISE_STD
+  input_dim: int = 784
 
-  @nn.compact
+  def setup(self):
+    dims = self.dims
+    top = len(self.widths)
+    self.enc_dense = {l: nn.Dense(dims[l], use_bias=False, kernel_init=KERNEL_INIT)
+                      for l in range(1, top + 1)}
+    # App. D: BN without gamma; its bias is Rasmus et al.'s beta(l). The running statistics
+    # are the clean path's (`mlp.batch_norm`'s momentum and epsilon; train or test per call).
+    self.enc_bn = {l: nn.BatchNorm(momentum=mlp.BN_MOMENTUM, epsilon=mlp.BN_EPSILON,
+                                   use_scale=False)
+                   for l in range(1, top + 1)}
+    self.dec_dense = {l: nn.Dense(dims[l], use_bias=False, kernel_init=KERNEL_INIT)
+                      for l in range(top)}
+    self.combinator = {l: Combinator() for l in range(top + 1)}
+
+  @property
+  def dims(self) -> tuple[int, ...]:
+    """dims[l] = width of layer l, l = 0..L (dims[0] = input_dim)."""
+    return (self.input_dim, *self.widths)
+
+  def _activation(self, pre: jax.Array, l: int) -> jax.Array:
+    # ReLU below the top; the top keeps its logits, the softmax is applied by the caller.
+    return pre if l == len(self.widths) else nn.relu(pre)
+
+  def _beta(self, l: int) -> jax.Array:
+    return self.enc_bn[l].variables['params']['bias']  # [dims[l]]
+
+  def _flatten(self, x: jax.Array) -> jax.Array:
+    x_flat = x.reshape(x.shape[0], -1).astype(jnp.float32)  # [B, D]
+    if x_flat.shape[-1] != self.input_dim:
+      raise ValueError(f'The Ladder Network was built for {self.input_dim} inputs but got '
+                       f'{x_flat.shape[-1]}; set its input_dim (from_config: image_size**2 '
+                       '* channels).')
+    return x_flat
+
+  def clean_encoder(self, x: jax.Array, *, train: bool
+                    ) -> tuple[jax.Array, list[jax.Array]]:
+    """Clean encoder: z(l) + beta(l) = BN(W(l) h(l-1)), h(l) = ReLU(z(l) + beta(l)).
+
+    With `train`, BN uses the batch's statistics and updates the running ones (the test-time
+    classifier's); without, it uses the running ones.
+
+    Args:
+      x: images [B, H, W, C] or flat [B, D].
+    Returns:
+      (logits_clean [B, K], [z(0) = x, z(1), ..., z(L)] with z(l) of shape [B, dims[l]]).
+    """
+    h = x_flat = self._flatten(x)
+    z_clean = [x_flat]  # z(0) = x
+    for l in range(1, len(self.widths) + 1):
+      z_plus_beta = self.enc_bn[l](self.enc_dense[l](h), use_running_average=not train)
+      z_clean.append(z_plus_beta - self._beta(l))
+      h = self._activation(z_plus_beta, l)
+    return h, z_clean
+
+  def corrupted_encoder(self, x: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+    """Corrupted encoder, the clean one's weights: z~(l) = NB(W(l) h~(l-1)) + noise.
+
+    NB normalizes with the batch's own statistics; the noise is N(0, noise_std^2) from the
+    'noise' RNG stream (none when noise_std is 0). Training only.
+
+    Args:
+      x: images [B, H, W, C] or flat [B, D].
+    Returns:
+      (logits_corrupted [B, K], [z~(0) = x + noise, z~(1), ..., z~(L)]).
+    """
+    x_flat = self._flatten(x)
+    noise_key = self.make_rng('noise') if self.noise_std > 0 else None
+
+    def corrupt(z: jax.Array, l: int) -> jax.Array:
+      if noise_key is None:
+        return z
+      return z + self.noise_std * jax.random.normal(jax.random.fold_in(noise_key, l), z.shape)
+
+    h = corrupt(x_flat, 0)
+    z_corrupted = [h]  # z~(0) = x + noise
+    for l in range(1, len(self.widths) + 1):
+      z = corrupt(batch_normalize(self.enc_dense[l](h)), l)  # [B, dims[l]]
+      z_corrupted.append(z)
+      h = self._activation(z + self._beta(l), l)
+    return h, z_corrupted
+
+  def decoder(self, z_lateral: Sequence[jax.Array], logits: jax.Array) -> jax.Array:
+    """Decoder: u(L) = NB(softmax(logits)), u(l) = NB(V(l+1) z^(l+1)); z^(l) = g(z(l), u(l)).
+
+    Args:
+      z_lateral: the encoder's [z(0), ..., z(L)] (the corrupted ones in training).
+      logits: that encoder's top output [B, K].
+    Returns:
+      z^(0), the flat reconstruction [B, D].
+    """
+    top = len(self.widths)
+    u = batch_normalize(jax.nn.softmax(logits))  # [B, K]
+    z_hat = None
+    for l in range(top, -1, -1):
+      if l < top:
+        u = batch_normalize(self.dec_dense[l](z_hat))  # [B, dims[l]]
+      z_hat = self.combinator[l](z_lateral[l], u)  # [B, dims[l]]
+    return z_hat
+
   def __call__(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
     """Runs the clean encoder, the corrupted encoder and the decoder.
 
     Args:
-      x: images [B, H, W, C] or flat [B, D] (D = 784 for MNIST).
+      x: images [B, H, W, C] or flat [B, D] (D = input_dim).
       train: batch statistics (updating the clean BN's running ones) and corruption noise
         when True; running statistics and no noise when False.
     Returns:
@@ -137,66 +243,19 @@ class LadderNetwork(nn.Module):
         logits_corrupted: [B, K], the corrupted path's (the training classifier);
         x_rec:            same shape as x, the decoder's bottom layer z^(0).
     """
-    batch = x.shape[0]
-    x_flat = x.reshape(batch, -1).astype(jnp.float32)  # [B, D]
-    num_layers = len(self.widths)  # L
-    top = num_layers
-    dims = (x_flat.shape[-1], *self.widths)  # dims[l] = width of layer l, l = 0..L
-
-    dense = {l: nn.Dense(dims[l], use_bias=False, kernel_init=KERNEL_INIT,
-                         name=f'enc_dense_{l}') for l in range(1, top + 1)}
-    # App. D: BN without gamma; its bias is Rasmus et al.'s beta(l).
-    bn = {l: mlp.batch_norm(train, name=f'enc_bn_{l}', use_scale=False)
-          for l in range(1, top + 1)}
-
-    def activation(pre: jax.Array, l: int) -> jax.Array:
-      # ReLU below the top; the top keeps its logits, the softmax is applied by the caller.
-      return pre if l == top else nn.relu(pre)
-
-    # Clean encoder: z(l) + beta(l) = BN(W(l) h(l-1)).
-    h = x_flat
-    z_clean = [x_flat]  # z(0) = x
-    beta = {}
-    for l in range(1, top + 1):
-      z_plus_beta = bn[l](dense[l](h))  # [B, dims[l]]
-      beta[l] = bn[l].get_variable('params', 'bias')  # [dims[l]]
-      z_clean.append(z_plus_beta - beta[l])
-      h = activation(z_plus_beta, l)
-    logits_clean = h  # [B, K]
-
-    # Corrupted encoder, same weights: z~(l) = NB(W(l) h~(l-1)) + noise.
+    logits_clean, z_clean = self.clean_encoder(x, train=train)
     if train:
-      noise_key = self.make_rng('noise') if self.noise_std > 0 else None
-
-      def corrupt(z: jax.Array, l: int) -> jax.Array:
-        if noise_key is None:
-          return z
-        return z + self.noise_std * jax.random.normal(jax.random.fold_in(noise_key, l), z.shape)
-
-      h = corrupt(x_flat, 0)
-      z_corrupted = [h]  # z~(0) = x + noise
-      for l in range(1, top + 1):
-        z = corrupt(batch_normalize(dense[l](h)), l)  # [B, dims[l]]
-        z_corrupted.append(z)
-        h = activation(z + beta[l], l)
-      logits_corrupted = h  # [B, K]
+      logits_corrupted, z_corrupted = self.corrupted_encoder(x)
     else:
       z_corrupted, logits_corrupted = z_clean, logits_clean
-
-    # Decoder: u(L) = NB(softmax(logits~)), u(l) = NB(V(l+1) z^(l+1)); z^(l) = g(z~(l), u(l)).
-    u = batch_normalize(jax.nn.softmax(logits_corrupted))  # [B, K]
-    z_hat = None
-    for l in range(top, -1, -1):
-      if l < top:
-        u = batch_normalize(nn.Dense(dims[l], use_bias=False, kernel_init=KERNEL_INIT,
-                                     name=f'dec_dense_{l}')(z_hat))  # [B, dims[l]]
-      z_hat = Combinator(name=f'combinator_{l}')(z_corrupted[l], u)  # [B, dims[l]]
-    x_rec = z_hat.reshape(x.shape)  # z^(0), compared with x directly (no BN at layer 0)
-
+    # z^(0) is compared with x directly (no BN at layer 0).
+    x_rec = self.decoder(z_corrupted, logits_corrupted).reshape(x.shape)
     return {'logits_clean': logits_clean, 'logits_corrupted': logits_corrupted, 'x_rec': x_rec}
 
 
 def from_config(config: ml_collections.ConfigDict) -> LadderNetwork:
-  """The Ladder Network of `config.model.ladder_widths` and `config.model.noise_std`."""
+  """The Ladder Network of `config.model.ladder_widths` and `config.model.noise_std` on
+  images of `config.image_size` squared times `config.channels` pixels."""
   return LadderNetwork(widths=tuple(config.model.ladder_widths),
-                       noise_std=config.model.noise_std)
+                       noise_std=config.model.noise_std,
+                       input_dim=config.image_size ** 2 * config.get('channels', 1))

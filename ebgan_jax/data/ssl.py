@@ -48,7 +48,7 @@ def balanced_labelled_subset(labels: np.ndarray, num_labelled: int, seed: int,
 
 
 def stream_indices(num_examples: int, batch_size: int, step: int,
-                   seed: int | tuple[int, ...]) -> np.ndarray:
+                   seed: int | tuple[int, ...], num_steps: int | None = None) -> np.ndarray:
   """Indices of the `step`-th batch of an endless stream of shuffled passes over the data.
 
   The stream concatenates independent permutations of range(num_examples), one per epoch
@@ -62,17 +62,20 @@ def stream_indices(num_examples: int, batch_size: int, step: int,
     batch_size: B.
     step: the 0-based batch number.
     seed: an int or a tuple of ints (e.g. (run seed, stream id)).
+    num_steps: K: the batches of steps `step` .. `step + K - 1` at once, stacked (each epoch's
+      permutation drawn once for all of them); None: the one batch of `step`.
   Returns:
-    int64 indices, shape [B], values in [0, N).
+    int64 indices, shape [B] (or [K, B] with `num_steps`), values in [0, N).
   """
   if num_examples <= 0 or batch_size <= 0:
     raise ValueError(f'num_examples={num_examples} and batch_size={batch_size} must be > 0.')
   seed = tuple(seed) if isinstance(seed, (tuple, list)) else (seed,)
-  positions = step * batch_size + np.arange(batch_size, dtype=np.int64)  # [B] in the stream
+  count = batch_size * (num_steps or 1)
+  positions = step * batch_size + np.arange(count, dtype=np.int64)  # in the stream
   epochs, offsets = np.divmod(positions, num_examples)
-  out = np.empty(batch_size, np.int64)
+  out = np.empty(count, np.int64)
   for epoch in np.unique(epochs):
     perm = np.random.default_rng([*seed, int(epoch)]).permutation(num_examples)
     mask = epochs == epoch
     out[mask] = perm[offsets[mask]]
-  return out
+  return out if num_steps is None else out.reshape(num_steps, batch_size)

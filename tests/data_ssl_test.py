@@ -1,9 +1,9 @@
-"""Tests for ebgan_jax/ssl_data.py."""
+"""Tests for ebgan_jax/data/ssl.py."""
 
 import numpy as np
 import pytest
 
-from ebgan_jax import ssl_data
+from ebgan_jax.data import ssl as ssl_data
 
 
 def _labels(per_class: int = 50, seed: int = 0) -> np.ndarray:
@@ -61,3 +61,11 @@ def test_stream_indices_cycle_a_small_labelled_set_deterministically():
   # Every epoch of a batch-aligned stream is a permutation.
   batches = [ssl_data.stream_indices(12, 4, s, 3) for s in range(3)]
   np.testing.assert_array_equal(np.sort(np.concatenate(batches)), np.arange(12))
+
+
+def test_stream_indices_of_many_steps_at_once_are_the_steps_batches():
+  # 7 steps of 4 from a set of 10: 2.8 epochs, batches straddling epochs 0|1 and 1|2.
+  stacked = ssl_data.stream_indices(10, 4, step=1, seed=(5, 1), num_steps=7)
+  assert stacked.shape == (7, 4)
+  for k in range(7):
+    np.testing.assert_array_equal(stacked[k], ssl_data.stream_indices(10, 4, 1 + k, (5, 1)))
