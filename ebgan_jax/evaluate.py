@@ -253,13 +253,6 @@ def real_digit_scores(params: Any, config: ml_collections.ConfigDict, reference:
   return result
 
 
-def default_classifier_dir(config: ml_collections.ConfigDict, root: paths.PathLike
-                           ) -> epath.Path:
-  """`root/classifier-<dataset>`: one cached classifier per dataset."""
-  name = paths.as_path(config.data_dir).name if config.data_dir else config.dataset
-  return paths.as_path(root) / f'classifier-{name}'
-
-
 def evaluate_workdir(workdir: paths.PathLike, classifier_dir: paths.PathLike | None = None,
                      num_samples: int | None = None, checkpoint: str = 'latest',
                      latent_seed: int = -1) -> dict[str, Any]:

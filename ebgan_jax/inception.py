@@ -332,12 +332,13 @@ def fid(features1: np.ndarray, features2: np.ndarray) -> float:
 
 
 def fid_of_run(workdir: paths.PathLike, weights: str = '', num: int = 10_000,
-               latent_seed: int = 0, batch_size: int = 200, input_size: int = INPUT_SIZE,
+               latent_seed: int = -1, batch_size: int = 200, input_size: int = INPUT_SIZE,
                checkpoint: str = 'latest') -> tuple[float, int]:
   """(FID of `num` generated images against `num` train images, the checkpoint's step).
 
   `weights` defaults to the run's `config.inception_weights`. `input_size` other than 299
-  (the FID's) is for tests only. `checkpoint`: 'latest', 'best' or a step.
+  (the FID's) is for tests only. `checkpoint`: 'latest', 'best' or a step. `latent_seed`
+  -1 (default): the run's evaluation latents, as `ebgan_jax.sample` and `ebgan_jax.evaluate`.
   """
   trainer, state, restored_step = sample.load_generator(workdir, checkpoint)
   config = trainer.config
@@ -346,7 +347,9 @@ def fid_of_run(workdir: paths.PathLike, weights: str = '', num: int = 10_000,
     raise ValueError(f'No Inception weights: pass --weights=FILE.npz or set '
                      f'config.inception_weights. {WEIGHTS_HELP}')
   extractor = FeatureExtractor.from_file(weights, batch_size=batch_size, input_size=input_size)
-  fake = extractor(sample.generate_images(trainer, state, num, jax.random.key(latent_seed)))
+  from ebgan_jax import evaluator  # pylint: disable=g-import-not-at-top (it imports this)
+  key = evaluator.eval_key(config) if latent_seed < 0 else jax.random.key(latent_seed)
+  fake = extractor(sample.generate_images(trainer, state, num, key))
   real_batches = data.train_batches(config, process_index=0, process_count=1)
   real, count = [], 0
   while count < num:
@@ -371,6 +374,7 @@ if __name__ == '__main__':
                       'default config.inception_weights). ' + WEIGHTS_HELP)
   flags.DEFINE_string('checkpoint', 'latest', 'Which checkpoint: latest, best or a step.')
   flags.DEFINE_integer('num_samples', 10_000, 'Number of generated and of real images.')
-  flags.DEFINE_integer('latent_seed', 0, 'Seed of the latents.')
+  flags.DEFINE_integer('latent_seed', -1, "Seed of the latents; -1: the run's evaluation "
+                       'latents (as ebgan_jax.sample and ebgan_jax.evaluate).')
   FLAGS = flags.FLAGS
   app.run(main)

@@ -16,7 +16,7 @@
 # Needs jax with CUDA, flax, optax, orbax and ml-collections; no TensorFlow: the grid reads the
 # embedded MNIST digits in memory (ebgan_jax.data.arrays). GRID_DATA=FOLDER (MNIST's four IDX
 # files, e.g. the full 60,000) or FILE.npz passes --config.data_dir to (b). A classifier already in
-# OUTDIR/grid/classifier-mnist_10k is reused (copy one in to skip training it there).
+# $EBGAN_JAX_CACHE (default ~/.cache/ebgan_jax) is reused (copy one in to skip training it).
 # SKIP_GRID=1 runs (a) alone. Environment overrides, e.g. for a try on a CPU:
 #   POPULATIONS=2 WORKERS=2 POP_SIZES=1,2 MEASURE_SECONDS=1 MATMUL_SIZE=512 \
 #   GRID_ARGS='--config.total_steps=20 --config.eval.num_samples=500' \

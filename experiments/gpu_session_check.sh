@@ -44,11 +44,11 @@ if has torch; then
 fi
 if has grid; then
   mkdir -p "$out/grid"
-  [ -n "${CLASSIFIER_DIR:-}" ] && cp -r "$CLASSIFIER_DIR" "$out/grid/"
   python3 -m experiments.grid_search ${GRID_DATA:+--config.data_dir="$GRID_DATA"} \
     --config=configs/mnist_grid.py:ebgan --workdir="$out/grid" --num_shards=10 \
     --shard_index=0 --max_populations="${POPULATIONS:-48}" --compile_workers=12 \
-    ${COMPILATION_CACHE:+--compilation_cache_dir="$COMPILATION_CACHE"} 2>&1 \
+    ${COMPILATION_CACHE:+--compilation_cache_dir="$COMPILATION_CACHE"} \
+    ${CLASSIFIER_DIR:+--classifier_dir="$CLASSIFIER_DIR"} 2>&1 \
     | quiet > "$out/grid.log"
   tail -n 1 "$out/grid.log" | tee "$out/grid_summary.json"
   find "$out/grid" -maxdepth 1 -type f -name '*.jsonl' -exec cp {} "$out/" \;

@@ -6,8 +6,9 @@
   python -m experiments.grid_search --config=configs/mnist_grid.py:gan --workdir=DIR --merge
   python -m experiments.figures --workdir=DIR  # Figures 2, 3, 4 and 9 from the merged table
 
-Runs sharing parameter shapes train together as one vmapped population; every run is scored
-with the offline classifier (trained once into DIR/classifier-<dataset>, or --classifier_dir)
+Runs sharing parameter shapes train together as one population program (vmapped on a GPU/TPU,
+unrolled on a CPU; `grid.population_strategy`); every run is scored
+with the offline classifier (trained once into the shared cache, $EBGAN_JAX_CACHE or ~/.cache/ebgan_jax, or --classifier_dir)
 and gets one row in DIR/results/<variant>-shard<i>of<n>.jsonl. Run the same command again to
 resume: finished runs are skipped. `--merge` writes DIR/results.jsonl and DIR/results.csv
 from all shard tables. All the logic is in `ebgan_jax.grid`; see experiments/grid_search.slurm
@@ -44,7 +45,7 @@ flags.DEFINE_integer('shard_index', None, 'This shard (default: SLURM_ARRAY_TASK
                      'SLURM_ARRAY_TASK_MIN, JOB_COMPLETION_INDEX, or 0).')
 flags.DEFINE_bool('merge', False, 'Only merge the shard tables into results.jsonl/.csv.')
 flags.DEFINE_string('classifier_dir', '', 'Offline classifier directory (default '
-                    'WORKDIR/classifier-<dataset>; trained there when missing).')
+                    'the shared cache, $EBGAN_JAX_CACHE or ~/.cache/ebgan_jax; trained there when missing).')
 flags.DEFINE_integer('max_populations', None, 'Stop after this many populations (trials: the '
                      'summary projects the whole shard from them).')
 flags.DEFINE_integer('compile_workers', None, 'Threads compiling upcoming populations while one '

@@ -2,7 +2,8 @@
 
 `run_grid(points, workdir, ...)` takes the grid points (configs from a sweep, e.g.
 `configs/mnist_grid.py`), groups the runs whose parameter shapes match into populations
-(`ebgan_jax.population`: one jitted, vmapped program; members share the input batches),
+(`ebgan_jax.population`: one jitted program, vmapped on accelerators and unrolled on a CPU;
+members share the input batches),
 trains each population for its budget, scores every member with the offline classifier
 (`ebgan_jax.evaluate`) and appends one row per run to the results table. With
 `config.grid.bucketing` on (the default on a GPU/TPU), runs that differ only in widths,

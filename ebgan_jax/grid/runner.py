@@ -136,7 +136,8 @@ def run_grid(points: Sequence[ml_collections.ConfigDict], workdir: str | os.Path
     workdir: the grid's workdir (shared by all shards).
     num_shards, shard_index: which populations this process trains.
     classifier_dir: the cached offline classifier (trained there if missing); default
-      `workdir/classifier-<dataset>`.
+      the shared cache every driver uses (`evaluate.classifier_cache_dir`), so the grid's
+      scores and `ebgan_jax.main`'s come from the same classifier.
     max_populations: stop after this many populations (None: all); for tests and trials.
     compile_workers: compile threads; None: `config.grid.compile_workers`, where -1 means
       `default_compile_workers()`; 0 compiles each population in this thread when its turn
@@ -177,7 +178,7 @@ def run_grid(points: Sequence[ml_collections.ConfigDict], workdir: str | os.Path
   if not todo:
     return summary
 
-  classifier_dir = classifier_dir or evaluate.default_classifier_dir(base, workdir)
+  classifier_dir = classifier_dir or evaluate.classifier_cache_dir(base)
   clf_params, clf_meta = evaluate.get_classifier(base, classifier_dir)
   accuracy = float(clf_meta.get('test_accuracy', float('nan')))
   log(f'Offline classifier {classifier_dir}: test accuracy {accuracy:.4f}')
