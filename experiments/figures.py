@@ -11,6 +11,8 @@ writes:
                   sub-grid's 512 runs against the 512 EBGAN runs.
   fig4.{png,pdf}  samples of the best GAN, EBGAN and EBGAN-PT (highest I').
   fig9.{png,pdf}  the margin sweep, one row of samples per m (top to bottom, increasing m).
+  fig2.md         Figure 2's histograms in numbers (`summary_table`): per family, runs, NaN
+                  runs, I' quartiles and the share of runs above fixed I' thresholds.
 `draw_figureN(rows)` returns figure N as a matplotlib Figure (for notebooks and the tests);
 `figureN(rows, out_dir)` draws and saves it. A figure whose runs are absent from the table is
 skipped. Runs that went NaN have no score;
@@ -124,6 +126,30 @@ def draw_figure2(rows: Sequence[Row], families: Sequence[str] = ('ebgan', 'gan')
   return fig
 
 
+THRESHOLDS = (2.0, 4.0, 6.0)  # I' bars of `summary_table` (real digits: ~8.7).
+
+
+def summary_table(rows: Sequence[Row], families: Sequence[str] = ('ebgan', 'ebgan_pt', 'gan'),
+                  thresholds: Sequence[float] = THRESHOLDS) -> str:
+  """Figure 2 (a) in numbers, markdown: per family the runs, the NaN runs, the quartiles of
+  I' (a NaN run counts as I' = 0, as in the histograms) and the % of runs with I' above each
+  threshold. The paper's claim is about these shapes ("EBGANs are more reliably trained")."""
+  rows = [r for r in rows if r.get('variant') != 'margin_sweep']
+  head = ('| family | runs | NaN | I\' p25 | median | p75 | max | '
+          + ' | '.join(f'I\' > {t:g}' for t in thresholds) + ' |')
+  lines = [head, '|' + '---|' * (7 + len(thresholds))]
+  for family, members in _by_family(rows, families).items():
+    if not members:
+      continue
+    scores = np.array([_score(r) for r in members])
+    p25, p50, p75 = np.percentile(scores, [25, 50, 75])
+    shares = ' | '.join(f'{100 * np.mean(scores > t):.0f}%' for t in thresholds)
+    lines.append(f'| {LABELS.get(family, family)} | {len(members)} | '
+                 f'{sum(bool(r.get("nan")) for r in members)} | {p25:.2f} | {p50:.2f} | '
+                 f'{p75:.2f} | {scores.max():.2f} | {shares} |')
+  return '\n'.join(lines) + '\n'
+
+
 def figure3(rows: Sequence[Row], out_dir: epath.Path) -> list[epath.Path]:
   """Figure 3: one panel per GAN sub-grid (optimD, optimG, lr) against all EBGAN runs."""
   return _save_drawn(draw_figure3(rows), out_dir, 'fig3')
@@ -235,7 +261,11 @@ FIGURES: dict[str, Callable[..., list[epath.Path]]] = {
 def draw_all(rows: Sequence[Row], out_dir: str | epath.Path) -> dict[str, list[epath.Path]]:
   """Every figure the rows allow; {name: written paths} (empty for a skipped figure)."""
   out_dir = paths.as_path(out_dir)
-  return {name: fn(rows, out_dir) for name, fn in FIGURES.items()}
+  written = {name: fn(rows, out_dir) for name, fn in FIGURES.items()}
+  if written['fig2']:
+    paths.write_atomic(out_dir / 'fig2.md', summary_table(rows))
+    written['fig2'].append(out_dir / 'fig2.md')
+  return written
 
 
 def run(workdirs: Sequence[paths.PathLike], out: paths.PathLike = '') -> dict[str, list]:

@@ -178,6 +178,21 @@ def test_every_figure_is_written_as_png_and_pdf_into_workdir_figures(tmp_path):
   assert sorted(written) == ['fig2', 'fig3', 'fig4', 'fig9']
   for name, paths in written.items():
     paths = [str(p) for p in paths]
-    assert paths == [str(workdir / 'figures' / f'{name}.{ext}') for ext in ('png', 'pdf')]
-    for path in map(pathlib.Path, paths):
+    exts = ('png', 'pdf', 'md') if name == 'fig2' else ('png', 'pdf')
+    assert paths == [str(workdir / 'figures' / f'{name}.{ext}') for ext in exts]
+    for path in map(pathlib.Path, paths[:2]):
       assert path.read_bytes()[:4] in (b'\x89PNG', b'%PDF'), path
+  assert (workdir / 'figures' / 'fig2.md').read_text().startswith('| family | runs | NaN |')
+
+
+def test_summary_table_counts_quartiles_and_shares_worked_by_hand():
+  # EBGAN I' 1, 3, 5, 7 (p25 2.5, median 4, p75 5.5 by linear interpolation; > 2: 3 of 4,
+  # > 4: 2, > 6: 1). GAN 0 (NaN), 0.5, 6.5: p25 0.25, median 0.5, p75 3.5; > 2: 1 of 3.
+  rows = [_row('ebgan', 2, 2, i_prime=v) for v in (1.0, 3.0, 5.0, 7.0)]
+  rows += [_row('gan', 2, 2, nan=True), _row('gan', 2, 2, i_prime=0.5),
+           _row('gan', 2, 2, i_prime=6.5),
+           _row('ebgan', 5, 2, margin=1.0, i_prime=9.0, variant='margin_sweep')]  # Left out.
+  lines = figures.summary_table(rows).splitlines()
+  assert len(lines) == 4  # Header, rule, EBGAN, GAN (no EBGAN-PT runs: no row).
+  assert lines[2] == '| EBGAN | 4 | 0 | 2.50 | 4.00 | 5.50 | 7.00 | 75% | 50% | 25% |'
+  assert lines[3] == '| GAN | 3 | 1 | 0.25 | 0.50 | 3.50 | 6.50 | 33% | 33% | 33% |'

@@ -48,17 +48,17 @@ def _configs(root: pathlib.Path, steps: int):
 
 def train_first(root: pathlib.Path) -> None:
   """Trains both runs for FIRST_STEPS; writes a random classifier."""
-  from ebgan_jax import classifier, semi_supervised, train  # pylint: disable=g-import-not-at-top
+  from ebgan_jax import classifier, ssl_train, train  # pylint: disable=g-import-not-at-top
   gan, ssl = _configs(root, FIRST_STEPS)
   train.train_and_evaluate(gan, root / 'gan')
-  semi_supervised.train_and_evaluate(ssl, root / 'ssl')
+  ssl_train.train_and_evaluate(ssl, root / 'ssl')
   classifier.save_classifier(root / 'classifier', classifier.init_params(jax.random.key(1)),
                              {'test_accuracy': 0.1})
 
 
 def use_elsewhere(root: pathlib.Path, inception_weights: pathlib.Path) -> dict:
   """Resumes, samples, scores and FIDs the runs of `train_first`; returns what it saw."""
-  from ebgan_jax import evaluate, inception, sample, semi_supervised, train  # pylint: disable=g-import-not-at-top
+  from ebgan_jax import evaluate, inception, sample, ssl_train, train  # pylint: disable=g-import-not-at-top
   trainer, state, step = sample.load_generator(root / 'gan')
   images = sample.generate_images(trainer, state, 6, jax.random.key(0))
   scores = evaluate.evaluate_workdir(root / 'gan', root / 'classifier', num_samples=20)
@@ -66,7 +66,7 @@ def use_elsewhere(root: pathlib.Path, inception_weights: pathlib.Path) -> dict:
                                        batch_size=8, input_size=inception.MIN_INPUT_SIZE)
   gan, ssl = _configs(root, MORE_STEPS)
   gan_state = train.train_and_evaluate(gan, root / 'gan')
-  ssl_state, ssl_results = semi_supervised.train_and_evaluate(ssl, root / 'ssl')
+  ssl_state, ssl_results = ssl_train.train_and_evaluate(ssl, root / 'ssl')
   return dict(device_count=jax.device_count(), sample_step=step,
               sample_shape=list(images.shape), eval_step=scores['step'],
               i_prime=scores['i_prime'], fid=fid, fid_step=fid_step,
