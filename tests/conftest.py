@@ -6,9 +6,21 @@ import os
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+# One persistent compilation cache for the session's processes (the xdist workers inherit
+# the controller's environment, and so do the tests' subprocesses): the tiny configs compile
+# the same programs in many tests (grid, padding and population tests: 226 s -> 176 s on 2
+# cores). Removed when the session ends (`pytest_sessionfinish`); JAX_COMPILATION_CACHE_DIR=
+# (empty) turns it off.
+_OWN_CACHE = 'JAX_COMPILATION_CACHE_DIR' not in os.environ
+if _OWN_CACHE:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = os.path.join(
+      os.environ.get('TMPDIR', '/tmp'), f'ebgan_jax_tests_xla_{os.getpid()}')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import contextlib  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pathlib  # pylint: disable=g-import-not-at-top,wrong-import-position
+import shutil  # pylint: disable=g-import-not-at-top,wrong-import-position
 import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -16,6 +28,11 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))  # `configs` is a top-level folder, not installed.
+
+
+def pytest_sessionfinish(session):
+  if _OWN_CACHE and not hasattr(session.config, 'workerinput'):  # The controller, at the end.
+    shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 
 
 @pytest.fixture(scope='session', autouse=True)
