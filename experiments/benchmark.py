@@ -35,8 +35,6 @@ import importlib
 import itertools
 import json
 import os
-import platform
-import resource
 import sys
 import time
 
@@ -46,9 +44,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from configs import mnist_fc
 from ebgan_jax import population, sharding, step
-from experiments import ssl_benchmark
+from experiments import machine, population_benchmark, ssl_benchmark
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('configs', ['gan', 'ebgan', 'ebgan_pt'],
@@ -98,21 +95,6 @@ flags.DEFINE_list('overrides', [], 'KEY=VALUE config overrides for every timed c
                   'the test).')
 
 
-def matmul_gflops(n: int, seconds: float = 3.0, dtype=jnp.float32,
-                  precision: str = 'highest') -> float:
-  """Measured GFLOP/s of an n x n x n matmul (2 n^3 FLOPs), best of repeated runs."""
-  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-  f = jax.jit(lambda x, y: jnp.dot(x, y, precision=precision))
-  f(a, b).block_until_ready()
-  best, deadline = 0.0, time.perf_counter() + seconds
-  while time.perf_counter() < deadline:
-    t = time.perf_counter()
-    f(a, b).block_until_ready()
-    best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
-  return best
-
-
 def step_flops(trainer: step.Trainer, batch_shape: tuple[int, ...]) -> float:
   """FLOPs of one train step from XLA's cost analysis of the step lowered for the CPU.
 
@@ -129,14 +111,6 @@ def step_flops(trainer: step.Trainer, batch_shape: tuple[int, ...]) -> float:
   cost = lowered.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get('flops', 0.0))
-
-
-def peak_memory_mib() -> float:
-  """Peak device memory on an accelerator, else the process's peak resident memory."""
-  stats = jax.devices()[0].memory_stats() or {}
-  if 'peak_bytes_in_use' in stats and jax.default_backend() != 'cpu':
-    return stats['peak_bytes_in_use'] / 2**20
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def load_config(entry: str):
@@ -265,121 +239,23 @@ def time_step(row: dict, seconds: float, min_steps: int) -> None:
                model_gflops_per_s=row['model_flops_per_step'] * steps / elapsed / 1e9)
 
 
-def prepare_population(size: int, batch_size: int, strategy: str, steps_per_call: int,
-                       variant: str = 'ebgan_pt') -> dict:
-  """Compiles `size` members sharing each batch (ebgan_jax.population), as the grid runs them.
-
-  One call scans `steps_per_call` steps over the population's carry (`Population.to_carry`,
-  per-member states under 'unroll'), keeping every step's metrics, as `ebgan_jax.grid` does.
-  A population of one under 'unroll' is a single run's own step: the sequential baseline.
-  Returns the row `time_population` times (its '_' entries hold the program and state).
-  """
-  configs = []
-  for seed in range(size):
-    config = mnist_fc.get_config(variant)
-    apply_overrides(config, FLAGS.overrides)
-    config.batch_size, config.seed = batch_size, seed
-    config.matmul_precision = FLAGS.matmul_precision
-    configs.append(config)
-  pop = population.create_population(configs, total_steps=10**6, strategy=strategy)
-  images = np.random.default_rng(0).uniform(-1, 1, (batch_size, 32, 32, 1)).astype(np.float32)
-  images = jax.device_put(np.broadcast_to(images, (steps_per_call, *images.shape)).copy())
-
-  def run(state, images):
-    carry, metrics = jax.lax.scan(pop.carry_step, pop.to_carry(state), images)
-    return pop.from_carry(carry), metrics
-
-  state = pop.state
-  t = time.perf_counter()
-  compiled = jax.jit(run, donate_argnums=0).lower(state, images).compile()
-  compile_s = time.perf_counter() - t
-  state, metrics = compiled(state, images)  # Warm-up.
-  jax.block_until_ready(metrics)
-  return {'population': size, 'strategy': population.resolve_strategy(strategy),
-          'config': variant, 'batch_size': batch_size, 'steps_per_call': steps_per_call,
-          'matmul_precision': FLAGS.matmul_precision, 'compile_s': compile_s,
-          'flops_per_step': size * step_flops(pop.trainer, images.shape[1:]),
-          'rounds_member_images_per_s': [],
-          '_fn': compiled, '_state': state, '_images': images}
-
-
-def time_population(row: dict, seconds: float) -> float:
-  """Times one round of a `prepare_population` row; returns its member-images/s."""
-  compiled, state, images = row['_fn'], row['_state'], row['_images']
-  calls, t = 0, time.perf_counter()
-  while True:
-    state, metrics = compiled(state, images)
-    calls += 1
-    jax.block_until_ready(metrics)
-    elapsed = time.perf_counter() - t
-    if elapsed >= seconds:
-      break
-  row['_state'] = state  # The input state was donated.
-  rate = calls * row['steps_per_call'] * row['batch_size'] * row['population'] / elapsed
-  row['rounds_member_images_per_s'].append(rate)
-  return rate
-
-
-def summarize_population(row: dict, peak: float) -> None:
-  """Fills a timed row's rates from the median of its rounds (and keeps the best)."""
-  rates = row['rounds_member_images_per_s']
-  rate = float(np.median(rates))
-  member_steps = rate / row['batch_size']
-  row.update(member_images_per_s=rate, best_member_images_per_s=max(rates),
-             steps_per_s=member_steps / row['population'],
-             gflops_per_s=member_steps / row['population'] * row['flops_per_step'] / 1e9)
-  row['percent_of_peak'] = 100 * row['gflops_per_s'] / peak
-  for key in [k for k in row if k.startswith('_')]:
-    del row[key]
-
-
-def memory_gbps(mib: int = 256, seconds: float = 2.0) -> float:
-  """Measured GB/s of a streaming elementwise pass (read + write of `mib` MiB of fp32).
-
-  The optimizer updates and activations of the small fully-connected steps are bound by
-  memory, not by the matmul rate: on a shared host the two move independently, so both are
-  recorded beside each run.
-  """
-  x = jnp.ones((mib * 2**20 // 4,), jnp.float32)
-  f = jax.jit(lambda a: a * 1.0001 + 1.0)
-  f(x).block_until_ready()
-  best, deadline = 0.0, time.perf_counter() + seconds
-  while time.perf_counter() < deadline:
-    t = time.perf_counter()
-    f(x).block_until_ready()
-    best = max(best, 2 * x.nbytes / (time.perf_counter() - t) / 1e9)
-  return best
-
-
-def machine_description() -> str:
-  device = jax.devices()[0]
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo') as f:
-      cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-  except (OSError, StopIteration):
-    pass
-  return (f'{device.device_kind} ({jax.default_backend()}), {jax.device_count()} device(s); '
-          f'host {cpu}, {os.cpu_count()} cores; jax {jax.__version__}')
-
-
 def main(argv):
   del argv
   n = FLAGS.matmul_size or (2048 if jax.default_backend() == 'cpu' else 8192)
-  peak = matmul_gflops(n)
-  bandwidth = memory_gbps()
-  machine = machine_description()
-  print(f'Machine: {machine}\nfp32 matmul {n}x{n}x{n}: {peak:.1f} GFLOP/s; memory (streaming '
+  peak = machine.matmul_gflops(n)
+  bandwidth = machine.memory_gbps()
+  host = machine.machine_description()
+  print(f'Machine: {host}\nfp32 matmul {n}x{n}x{n}: {peak:.1f} GFLOP/s; memory (streaming '
         f'read + write): {bandwidth:.1f} GB/s; train-step matmul precision: '
         f'{FLAGS.matmul_precision}')
   precision_peak = None
   if FLAGS.matmul_precision not in ('default', 'float32', 'highest'):
-    precision_peak = matmul_gflops(n, precision=FLAGS.matmul_precision)
+    precision_peak = machine.matmul_gflops(n, precision=FLAGS.matmul_precision)
     print(f'fp32 matmul at {FLAGS.matmul_precision} precision: {precision_peak:.1f} GFLOP/s '
           '(the % columns stay against the full-fp32 rate)')
   bf16_peak = None
   if FLAGS.dtype == 'bfloat16':
-    bf16_peak = matmul_gflops(n, dtype=jnp.bfloat16)
+    bf16_peak = machine.matmul_gflops(n, dtype=jnp.bfloat16)
     print(f'bf16 matmul {n}x{n}x{n}: {bf16_peak:.1f} GFLOP/s (the % column uses this)')
     peak = bf16_peak
   print()
@@ -423,20 +299,27 @@ def main(argv):
     # the baseline's jitter (large on a GPU, where one small step is latency-bound) and load
     # from other processes hit them alike; each row reports its median round.
     k = FLAGS.population_steps_per_call
-    single = prepare_population(1, 64, 'unroll', k)
+
+    def configure(config: ml_collections.ConfigDict) -> None:
+      apply_overrides(config, FLAGS.overrides)
+      config.matmul_precision = FLAGS.matmul_precision
+
+    pop_args = dict(flops_fn=step_flops, configure=configure)
+    single = population_benchmark.prepare(1, 64, 'unroll', k, **pop_args)
     single['baseline'] = True
-    pop_rows = [single] + [prepare_population(size, 64, FLAGS.population_strategy, k)
-                           for size in map(int, FLAGS.population_sizes)]
+    pop_rows = [single] + [
+        population_benchmark.prepare(size, 64, FLAGS.population_strategy, k, **pop_args)
+        for size in map(int, FLAGS.population_sizes)]
     for r in pop_rows:
       print(f"compiled population of {r['population']} ({r['strategy']}) in "
             f"{r['compile_s']:.1f} s", flush=True)
     for i in range(FLAGS.rounds):
-      rates = [time_population(r, FLAGS.seconds) for r in pop_rows]
+      rates = [population_benchmark.time_round(r, FLAGS.seconds) for r in pop_rows]
       print(f'population round {i + 1}: ' + ', '.join(
           f"{r['population']}: {rate:.0f}" for r, rate in zip(pop_rows, rates))
           + ' member-img/s', flush=True)
     for r in pop_rows:
-      summarize_population(r, peak)
+      population_benchmark.summarize(r, peak)
     rate = single['member_images_per_s']
     print(f'\nPopulations ({FLAGS.population_strategy}, {k} steps per call, median of '
           f'{FLAGS.rounds} rounds); one run alone, scanned the same way: {rate:.0f} img/s '
@@ -457,11 +340,11 @@ def main(argv):
       FLAGS.ssl_population_variants, list(map(int, FLAGS.ssl_population_sizes)),
       FLAGS.population_steps_per_call, FLAGS.population_strategy, FLAGS.matmul_precision,
       FLAGS.rounds, FLAGS.seconds, peak)
-  memory = peak_memory_mib()
+  memory = machine.peak_memory_mib()
   print(f'\nPeak memory: {memory:.0f} MiB')
   if FLAGS.json:
     with open(FLAGS.json, 'w') as f:
-      json.dump({'machine': machine, 'load_average': os.getloadavg(), 'matmul_gflops': peak,
+      json.dump({'machine': host, 'load_average': os.getloadavg(), 'matmul_gflops': peak,
                  'memory_gbps': bandwidth,
                  'matmul_size': n,
                  'dtype': FLAGS.dtype or 'config', 'bf16_matmul_gflops': bf16_peak,
