@@ -15,6 +15,7 @@ import pytest
 from configs import mnist_grid
 from ebgan_jax import padding, population, sharding, step
 from ebgan_jax.models import mlp
+from tests import single_runs as single_runs_lib
 
 STEPS = 4
 
@@ -43,26 +44,6 @@ GAN = [_config(0, 16, 8, kind='gan', optim_d='sgd', optim_g='sgd', lr=0.05),
        _config(2, 32, 8, kind='gan', dropout=True, optim_d='sgd', optim_g='adam', lr=0.01)]
 
 
-def _batches(config):
-  rng = np.random.default_rng(0)
-  shape = (STEPS, config.batch_size, config.image_size, config.image_size, config.channels)
-  return rng.uniform(-1, 1, size=shape).astype(np.float32)
-
-
-def _single_run(config, batches, mesh):
-  """The run alone, at its own widths and with its own optimizer (train.py's key split)."""
-  trainer = step.Trainer(config, STEPS)
-  init_key, train_key, _ = jax.random.split(jax.random.key(config.seed), 3)
-  state = jax.jit(trainer.create_state)(init_key)
-  initial = jax.device_get(state)
-  train_step = step.jit_train_step(trainer, mesh)
-  history = []
-  for images in batches:
-    state, metrics = train_step(state, sharding.global_batch(images, mesh), train_key)
-    history.append(jax.device_get(metrics))
-  return initial, jax.device_get(state), history
-
-
 @pytest.fixture(scope='module', params=[('ebgan', 'unroll'), ('gan', 'vmap')],
                 ids=['ebgan-adam-unroll', 'gan-mixed-vmap'])
 def padded_case(request, fast_compiles_module):
@@ -70,7 +51,7 @@ def padded_case(request, fast_compiles_module):
   kind, strategy = request.param
   configs = EBGAN if kind == 'ebgan' else GAN
   mesh = sharding.make_mesh()
-  batches = _batches(configs[0])
+  batches = single_runs_lib.random_batches(configs[0], STEPS)
   pop = population.create_population(configs, STEPS, mesh, strategy=strategy, padded=True)
   initial = [population.member_state(pop, i) for i in range(len(configs))]
   initial = jax.device_get(initial)
@@ -79,7 +60,7 @@ def padded_case(request, fast_compiles_module):
   for images in batches:
     pop.state, metrics = pop.train_step(pop.state, sharding.global_batch(images, mesh))
     history.append(jax.device_get(metrics))
-  singles = [_single_run(c, batches, mesh) for c in configs]
+  singles = [single_runs_lib.single_run(c, batches, mesh) for c in configs]
   return dict(kind=kind, configs=configs, pop=pop, initial=initial, history=history,
               padded_initial=padded_initial, singles=singles)
 

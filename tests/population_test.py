@@ -10,6 +10,7 @@ import pytest
 
 from configs import mnist_grid
 from ebgan_jax import population, sharding, step
+from tests import single_runs as single_runs_lib
 
 STEPS = 4
 
@@ -23,36 +24,16 @@ def _config(seed, lr, margin=10.0, pt_weight=0.0, kind='ebgan', optim='adam'):
   return config
 
 
-def _batches(config, num):
-  rng = np.random.default_rng(0)
-  shape = (num, config.batch_size, config.image_size, config.image_size, config.channels)
-  return rng.uniform(-1, 1, size=shape).astype(np.float32)
-
-
-def _single_run(config, batches, mesh):
-  """The run alone, as train.train_and_evaluate would do it (same key split)."""
-  trainer = step.Trainer(config, STEPS)
-  init_key, train_key, _ = jax.random.split(jax.random.key(config.seed), 3)
-  state = jax.jit(trainer.create_state)(init_key)
-  initial = jax.device_get(state)
-  train_step = step.jit_train_step(trainer, mesh)
-  history = []
-  for images in batches:
-    state, metrics = train_step(state, sharding.global_batch(images, mesh), train_key)
-    history.append(jax.device_get(metrics))
-  return initial, jax.device_get(state), history
-
-
 @pytest.fixture(scope='module')
 def single_runs():
-  """`_single_run`, each config's run computed once for the module: every strategy's
+  """`single_runs.single_run`, each config's run computed once for the module: every strategy's
   population is compared with the same references (they are not compiled again)."""
   runs = {}
 
   def run(config, batches, mesh):
     key = config.to_json(sort_keys=True)
     if key not in runs:
-      runs[key] = _single_run(config, batches, mesh)
+      runs[key] = single_runs_lib.single_run(config, batches, mesh)
     return runs[key]
   return run
 
@@ -75,7 +56,7 @@ def test_adam_members_follow_their_single_runs(strategy, single_runs, assert_upd
   configs = [_config(0, 1e-3, margin=10.0, pt_weight=0.0),
              _config(7, 3e-4, margin=4.0, pt_weight=0.1)]
   mesh = sharding.make_mesh()
-  batches = _batches(configs[0], STEPS)
+  batches = single_runs_lib.random_batches(configs[0], STEPS)
   pop, pop_history = _population_run(configs, batches, mesh, strategy=strategy)
   for i, config in enumerate(configs):
     initial, alone, history = single_runs(config, batches, mesh)
@@ -110,7 +91,7 @@ def sgd_case(request):
   mesh = sharding.make_mesh()
   pop = population.create_population(configs, STEPS, mesh, strategy=request.param)
   initial = jax.tree.map(jnp.copy, pop.state)
-  batches = _batches(configs[0], STEPS)
+  batches = single_runs_lib.random_batches(configs[0], STEPS)
   pop, history = _population_run(configs, batches, mesh, pop=pop)
   return configs, mesh, batches, pop, initial, history
 
