@@ -27,15 +27,9 @@ FIRST_STEPS, MORE_STEPS = 4, 6
 
 
 def _configs(root: pathlib.Path, steps: int):
-  from configs import mnist_fc, mnist_ssl  # pylint: disable=g-import-not-at-top
-  gan = mnist_fc.get_config('ebgan_pt')
-  gan.model.size_g = gan.model.size_d = 32
-  gan.model.n_layer_g = 2
-  gan.batch_size, gan.total_steps, gan.steps_per_call = 8, steps, 1
-  gan.log_every_steps = gan.checkpoint_every_steps = gan.sample_every_steps = 2
-  gan.num_sample_images = 4
-  gan.eval_every_steps = 0  # Scores while training: evaluator_test.py.
-  gan.tfds_data_dir = str(root.parent / 'tfds')
+  from configs import mnist_ssl  # pylint: disable=g-import-not-at-top
+  from tests import single_runs  # pylint: disable=g-import-not-at-top
+  gan = single_runs.tiny_fc_config(str(root.parent / 'tfds'), steps)
   ssl = mnist_ssl.get_config('ladder,runlocal')
   ssl.model.ladder_widths = (32, 16, 10)
   ssl.total_steps = steps

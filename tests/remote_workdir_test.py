@@ -11,24 +11,11 @@ import jax
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from tests import remote_fs
-from configs import mnist_fc
+from tests import remote_fs, single_runs
 from ebgan_jax import classifier, evaluate, sample, train
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures('fast_compiles_module')]
 RUN = 'gs://bucket/runs/demo'
-
-
-def tiny_config(tfds_data_dir: str, total_steps: int):
-  config = mnist_fc.get_config('ebgan_pt')
-  config.model.size_g = config.model.size_d = 32
-  config.model.n_layer_g = 2
-  config.batch_size, config.total_steps, config.steps_per_call = 8, total_steps, 1
-  config.log_every_steps = config.checkpoint_every_steps = config.sample_every_steps = 2
-  config.num_sample_images = 4
-  config.eval_every_steps = 0  # Scores while training: evaluator_test.py.
-  config.tfds_data_dir = tfds_data_dir
-  return config
 
 
 def metrics_steps(local_run: pathlib.Path) -> list[int]:
@@ -45,7 +32,7 @@ def test_a_run_on_gs_trains_resumes_falls_back_and_is_sampled(tmp_path, monkeypa
   monkeypatch.chdir(cwd)
   local_run = bucket_root / RUN[len('gs://'):]
   with remote_fs.fake_gcs(bucket_root):
-    train.train_and_evaluate(tiny_config(tfds_data_dir, 4), RUN)
+    train.train_and_evaluate(single_runs.tiny_fc_config(tfds_data_dir, 4), RUN)
     assert sorted(p.name for p in (local_run / 'checkpoints').iterdir()) == ['2', '4']
     assert (local_run / 'config.json').exists()
     assert sorted(p.name for p in (local_run / 'samples').iterdir()) == [
@@ -53,13 +40,13 @@ def test_a_run_on_gs_trains_resumes_falls_back_and_is_sampled(tmp_path, monkeypa
     assert metrics_steps(local_run) == [2, 4]
 
     # Resume: appends to the same metrics.jsonl object, adds checkpoint 6.
-    train.train_and_evaluate(tiny_config(tfds_data_dir, 6), RUN)
+    train.train_and_evaluate(single_runs.tiny_fc_config(tfds_data_dir, 6), RUN)
     assert metrics_steps(local_run) == [2, 4, 6]
 
     # A damaged newest checkpoint on the bucket is moved aside there, and 4 restored.
     manifest = local_run / 'checkpoints' / '6' / 'default' / 'manifest.ocdbt'
     manifest.write_bytes(b'\0' * 64)
-    state = train.train_and_evaluate(tiny_config(tfds_data_dir, 6), RUN)
+    state = train.train_and_evaluate(single_runs.tiny_fc_config(tfds_data_dir, 6), RUN)
     assert int(state.step) == 6
     names = sorted(p.name for p in (local_run / 'checkpoints').iterdir())
     assert names == ['2', '4', '6', 'corrupt-6'], names

@@ -1,10 +1,25 @@
-"""Reference runs for the tests of programs that train many runs at once (populations,
-padded populations): each run alone, exactly as `train.train_and_evaluate` steps it."""
+"""Shared by several tests: a tiny Figure 4 (c) config for end-to-end runs, and reference runs
+for the tests of programs that train many runs at once (populations, padded populations):
+each run alone, exactly as `train.train_and_evaluate` steps it."""
 
 import jax
 import numpy as np
 
 from ebgan_jax import sharding, step
+
+
+def tiny_fc_config(tfds_data_dir: str, total_steps: int):
+  """EBGAN-PT at widths 32 (nLayerG 2), batch 8, one step a call, every cadence 2, unscored."""
+  from configs import mnist_fc  # pylint: disable=g-import-not-at-top
+  config = mnist_fc.get_config('ebgan_pt')
+  config.model.size_g = config.model.size_d = 32
+  config.model.n_layer_g = 2
+  config.batch_size, config.total_steps, config.steps_per_call = 8, total_steps, 1
+  config.log_every_steps = config.checkpoint_every_steps = config.sample_every_steps = 2
+  config.num_sample_images = 4
+  config.eval_every_steps = 0  # Scores while training: evaluator_test.py.
+  config.tfds_data_dir = tfds_data_dir
+  return config
 
 
 def random_batches(config, num: int) -> np.ndarray:

@@ -35,6 +35,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from ebgan_jax.data import local_batch_size  # The package's, shared with the in-memory path.
+
 # tf.data only: keep TensorFlow off the accelerators JAX uses.
 tf.config.set_visible_devices([], 'GPU')
 
@@ -293,13 +295,6 @@ def steps_per_epoch(config: ml_collections.ConfigDict, process_count: int = 1) -
     raise ValueError(f'The train split has {num_examples(config)} examples, fewer than one '
                      f'global batch of {config.batch_size}; lower --config.batch_size.')
   return steps
-
-
-def local_batch_size(batch_size: int, process_count: int) -> int:
-  if batch_size % process_count:
-    raise ValueError(f'Global batch {batch_size} is not divisible by the {process_count} '
-                     'processes; choose a multiple.')
-  return batch_size // process_count
 
 
 def _epoch_seed(seed: int, epoch: int, process_index: int) -> int:
