@@ -194,7 +194,9 @@ def validate(config: ml_collections.ConfigDict, *, driver: str = 'main',
   if experiment == 'semi_supervised':
     c.check('ssl.num_labelled', lambda v: v > 0 and v % 10 == 0,
             'must be a positive multiple of the 10 classes (Table 2: 100, 200, 1000)')
-    c.number('ssl.labelled_batch_size', 1, integer=True)
+    c.divides('ssl.labelled_batch_size', devices,
+              f'it splits over the {devices} device(s) as the unlabelled batch does (App. D uses '
+              '100: set --config.ssl.num_devices to a divisor of it, or run one seed per device)')
     c.number('ssl.eval_batch_size', 1, integer=True)
     c.number('ssl.num_devices', 0, integer=True)
     c.number('generator_off_step', 0, integer=True)

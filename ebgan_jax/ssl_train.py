@@ -106,15 +106,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: paths.PathLik
                          device_count=mesh.devices.size, known_datasets=data.known_datasets())
   workdir_lib.record_config(workdir, config, write=jax.process_index() == 0)
   num_steps = config.total_steps
-  for name, size in (('batch_size', config.batch_size),
-                     ('ssl.labelled_batch_size', config.ssl.labelled_batch_size)):
-    if size % mesh.devices.size:
-      raise ValueError(f'config.{name}={size} does not split over {mesh.devices.size} devices '
-                       '(App. D uses 100); set --config.ssl.num_devices to a divisor of it, '
-                       'or run one seed per device.')
   steps_per_call = config.get('steps_per_call', 1)
-  if steps_per_call < 1:
-    raise ValueError(f'config.steps_per_call must be >= 1, got {steps_per_call}.')
   trainer = semi_supervised.Trainer(config, num_steps)
   splits = SSLData(config)
 
