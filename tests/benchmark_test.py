@@ -5,12 +5,13 @@ that every table the benchmark prints is filled, with counts that can be worked 
 """
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
 import pytest
+
+from tests import subprocess_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BATCHES = (8, 16)
@@ -22,8 +23,7 @@ SIZE_G, SIZE_D = 96, 64
 @pytest.fixture(scope='module')
 def report(tmp_path_factory):
   out = tmp_path_factory.mktemp('benchmark') / 'fc.json'
-  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_DISABLE_MOST_OPTIMIZATIONS='true',
-             XLA_FLAGS='--xla_force_host_platform_device_count=1', TF_CPP_MIN_LOG_LEVEL='2')
+  env = subprocess_env.subprocess_env(devices=1)
   cmd = [sys.executable, '-m', 'experiments.benchmark', '--configs=ebgan_pt',
          '--batch_sizes=8,16', '--steps_per_call=1,3', '--seconds=0', '--rounds=1',
          '--min_steps=1', '--warmup_steps=1', '--matmul_size=128', '--population_sizes=2',

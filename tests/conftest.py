@@ -1,9 +1,18 @@
 """Test set-up: two faked CPU devices (data-parallel tests), quiet TensorFlow, fast compiles."""
 
 import os
+import pathlib
+import sys
 
-# Must happen before anything imports jax.
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+  sys.path.insert(0, str(REPO_ROOT))  # `configs` and `tests` are top-level folders.
+
+from tests import subprocess_env  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# Must happen before anything imports jax. Two faked devices, and XLA:CPU's faster-compiling
+# code generator (tests/subprocess_env.py says why).
+os.environ.setdefault('XLA_FLAGS', subprocess_env.xla_flags(2))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 # One persistent compilation cache for the session's processes (the xdist workers inherit
@@ -19,15 +28,9 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import contextlib  # pylint: disable=g-import-not-at-top,wrong-import-position
-import pathlib  # pylint: disable=g-import-not-at-top,wrong-import-position
 import shutil  # pylint: disable=g-import-not-at-top,wrong-import-position
-import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-  sys.path.insert(0, str(REPO_ROOT))  # `configs` is a top-level folder, not installed.
 
 
 def pytest_sessionfinish(session):

@@ -10,7 +10,6 @@ whose BatchNorm statistics over the global batch span the two processes.
 
 import importlib
 import json
-import os
 import pathlib
 import signal
 import socket
@@ -26,6 +25,7 @@ import pytest
 import tensorflow as tf
 
 from ebgan_jax import checkpoint, data, sharding, step
+from tests import subprocess_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_PROCESSES = 2
@@ -83,9 +83,7 @@ def fc_overrides(tfds_data_dir, total_steps):
 def start_two_processes(workdir, overrides, config_arg='mnist_fc.py:ebgan_pt'):
   """Starts both processes of one invocation (`python -m ebgan_jax.main`); returns them."""
   port = free_port()
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # 1 CPU device each
-  env.update(PYTHONPATH=str(REPO), JAX_DISABLE_MOST_OPTIMIZATIONS='true',
-             TF_CPP_MIN_LOG_LEVEL='2', CUDA_VISIBLE_DEVICES='')
+  env = subprocess_env.subprocess_env(devices=1)  # 1 CPU device each
   procs = []
   for i in range(NUM_PROCESSES):
     cmd = [sys.executable, '-m', 'ebgan_jax.main',

@@ -13,7 +13,6 @@ mismatch", was taken for damage and moved aside.
 
 import hashlib
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -21,6 +20,8 @@ import sys
 import jax
 import numpy as np
 import pytest
+
+from tests import subprocess_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIRST_STEPS, MORE_STEPS = 4, 6
@@ -90,10 +91,7 @@ def _logged_steps(root: pathlib.Path, run: str) -> list[int]:
 def _subprocess(use: pathlib.Path, train: pathlib.Path, weights: pathlib.Path,
                 cache: pathlib.Path) -> dict:
   """Runs this file with 1 device: `use_elsewhere(use)`, then `train_first(train)`."""
-  env = {**os.environ, 'PYTHONPATH': str(REPO), 'TF_CPP_MIN_LOG_LEVEL': '2',
-         'XLA_FLAGS': '--xla_force_host_platform_device_count=1',
-         'JAX_DISABLE_MOST_OPTIMIZATIONS': 'true', 'CUDA_VISIBLE_DEVICES': '',
-         **_compilation_cache_env(cache)}
+  env = subprocess_env.subprocess_env(devices=1, **_compilation_cache_env(cache))
   result = subprocess.run([sys.executable, __file__, str(use), str(train), str(weights)],
                           env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=900, check=False)

@@ -16,6 +16,7 @@ import jax
 import pytest
 
 from ebgan_jax import classifier
+from tests import subprocess_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BLOCKER = '''
@@ -48,9 +49,7 @@ TINY_DEMO = ['--config.model.size_g=32', '--config.model.size_d=32', '--config.m
 def env(tmp_path_factory):
   site = tmp_path_factory.mktemp('no_tensorflow')
   (site / 'sitecustomize.py').write_text(BLOCKER)
-  return {**os.environ, 'PYTHONPATH': f'{site}{os.pathsep}{REPO}', 'TF_CPP_MIN_LOG_LEVEL': '2',
-          'XLA_FLAGS': '--xla_force_host_platform_device_count=1',
-          'JAX_DISABLE_MOST_OPTIMIZATIONS': 'true', 'CUDA_VISIBLE_DEVICES': ''}
+  return subprocess_env.subprocess_env(devices=1, PYTHONPATH=f'{site}{os.pathsep}{REPO}')
 
 
 def run(env, *args):

@@ -7,7 +7,6 @@ are a few steps long. Subprocesses get the same two faked CPU devices as this pr
 import hashlib
 import json
 import logging
-import os
 import pathlib
 import shutil
 import signal
@@ -23,6 +22,7 @@ import pytest
 from configs import mnist_fc
 from ebgan_jax import checkpoint, data, sample, step, train
 from ebgan_jax import workdir as workdir_lib
+from tests import subprocess_env as subprocess_env_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = {
@@ -60,11 +60,7 @@ def main_command(workdir, tfds_data_dir, **extra):
 
 
 def subprocess_env():
-  env = dict(os.environ)
-  env.update(PYTHONPATH=str(REPO), XLA_FLAGS='--xla_force_host_platform_device_count=2',
-             JAX_DISABLE_MOST_OPTIMIZATIONS='true', TF_CPP_MIN_LOG_LEVEL='2',
-             CUDA_VISIBLE_DEVICES='')
-  return env
+  return subprocess_env_lib.subprocess_env(devices=2)
 
 
 def run(cmd, timeout=TIMEOUT):
