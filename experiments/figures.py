@@ -79,14 +79,22 @@ def _hist(ax: plt.Axes, groups: dict[str, list[Row]], bins: np.ndarray, title: s
     scores = np.array([_score(r) for r in rows])
     failed = sum(bool(r.get('nan')) for r in rows)
     weights = np.full(len(scores), 100.0 / len(scores))
-    label = f'{LABELS.get(name, name)} ({len(rows)} runs' + (f', {failed} NaN)' if failed
-                                                              else ')')
+    label = (f'{_family_label(name, rows)} ({len(rows)} runs'
+             + (f', {failed} NaN)' if failed else ')'))
     ax.hist(scores, bins=bins, weights=weights, alpha=0.55, color=COLORS.get(name),
             label=label)
   ax.set_title(title, fontsize=9)
   ax.set_xlabel("I'")
   ax.set_ylabel('% of runs')
   ax.legend(fontsize=7)
+
+
+def _family_label(family: str, rows: Sequence[Row]) -> str:
+  """'GAN', or 'GAN [gan_slice]' for runs of a grid variant other than the family's own grid
+  (e.g. the stratified GAN slice: one optimizer setting per architecture, not all 12)."""
+  variants = sorted({r.get('variant', family) for r in rows} - {family})
+  label = LABELS.get(family, family)
+  return f'{label} [{", ".join(variants)}]' if variants else label
 
 
 def _bins(rows: Sequence[Row], num: int = 30) -> np.ndarray:
@@ -144,7 +152,7 @@ def summary_table(rows: Sequence[Row], families: Sequence[str] = ('ebgan', 'ebga
     scores = np.array([_score(r) for r in members])
     p25, p50, p75 = np.percentile(scores, [25, 50, 75])
     shares = ' | '.join(f'{100 * np.mean(scores > t):.0f}%' for t in thresholds)
-    lines.append(f'| {LABELS.get(family, family)} | {len(members)} | '
+    lines.append(f'| {_family_label(family, members)} | {len(members)} | '
                  f'{sum(bool(r.get("nan")) for r in members)} | {p25:.2f} | {p50:.2f} | '
                  f'{p75:.2f} | {scores.max():.2f} | {shares} |')
   return '\n'.join(lines) + '\n'
