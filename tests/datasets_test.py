@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 
 from configs import common
 from ebgan_jax.data import tfds_pipeline as input_pipeline
+from tests import remote_fs
 
 MOCK_EXAMPLES = 12
 
@@ -172,6 +173,19 @@ def test_image_folder_batches_and_process_shards(tmp_path, how):
             for p in (0, 1)]  # each process: 2 images per step, 2 steps per epoch
   chex.assert_shape(halves, [(2, 32, 32, 3)] * 2)
   assert not any(np.array_equal(a, b) for a in halves[0] for b in halves[1])
+
+
+def test_an_image_folder_on_a_remote_bucket_is_listed_with_its_scheme(tmp_path):
+  # gs://bucket/... is tmp_path/bucket/... (tests/remote_fs.py). The files are listed through
+  # epath; a pathlib join would have made them gs:/bucket/... (tf.io then reads the names).
+  folder = tmp_path / 'bucket' / 'imgs'
+  _write_images(folder, 8)
+  config = _config('', image_folder='gs://bucket/imgs')
+  with remote_fs.fake_gcs(tmp_path):
+    assert input_pipeline.num_examples(config) == 8
+    files = input_pipeline._folder_files('gs://bucket/imgs')  # pylint: disable=protected-access
+  images = sorted(p.relative_to(tmp_path).as_posix() for p in folder.rglob('img*'))
+  assert len(images) == 8 and files == [f'gs://{name}' for name in images]
 
 
 def test_empty_folder_raises(tmp_path):

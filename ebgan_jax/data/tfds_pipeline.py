@@ -27,7 +27,7 @@ Everything per example is a TensorFlow op inside `tf.data` (no Python per exampl
 from __future__ import annotations
 
 import functools
-import pathlib
+import os
 from typing import Callable, Iterator
 
 import ml_collections
@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from ebgan_jax import paths
 from ebgan_jax.data import local_batch_size  # The package's, shared with the in-memory path.
 
 # tf.data only: keep TensorFlow off the accelerators JAX uses.
@@ -172,7 +173,7 @@ def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   except AssertionError as e:
     if 'Manual directory' not in str(e):
       raise
-    manual = pathlib.Path(builder.data_dir).parents[1] / 'downloads' / 'manual'
+    manual = paths.as_path(builder.data_dir).parents[1] / 'downloads' / 'manual'
     raise FileNotFoundError(
         f'{name} needs its manual download: put the files its tfds page names (for '
         'imagenet2012: ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar, from '
@@ -195,9 +196,13 @@ def _label_mask(builder: tfds.core.DatasetBuilder, wnids: tuple[str, ...]) -> np
 
 
 def _folder_files(folder: str) -> list[str]:
-  """The JPEG/PNG files under `folder` (recursively), sorted by path."""
+  """The JPEG/PNG files under `folder` (recursively), sorted by path.
+
+  Listed through epath, so that a remote folder (gs://...) keeps its scheme in every file
+  name (`pathlib` would join 'gs://b/x' into 'gs:/b/x/...'); tf.io reads the files.
+  """
   suffixes = ('.jpg', '.jpeg', '.png')
-  files = sorted(str(pathlib.Path(root) / name) for root, _, names in tf.io.gfile.walk(folder)
+  files = sorted(os.fspath(root / name) for root, _, names in paths.as_path(folder).walk()
                  for name in names if name.lower().endswith(suffixes))
   if not files:
     raise ValueError(f'No JPEG or PNG files in {folder!r} (searched it and its subfolders).')
