@@ -33,7 +33,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ebgan_jax import checkpoint, metric_writer, paths, population, sample, semi_supervised
+from ebgan_jax import checkpoint, config_checks, data, metric_writer, paths, population, sample
+from ebgan_jax import semi_supervised
 from ebgan_jax import ssl_train, train as train_lib
 from ebgan_jax import workdir as workdir_lib
 
@@ -171,6 +172,8 @@ def train_population(configs: Sequence[ml_collections.ConfigDict],
   if len({_signature(c) for c in configs}) != 1:
     raise ValueError(f'A population needs configs that differ only in {MEMBER_FIELDS}; '
                      'train the others in a population of their own.')
+  for c in configs:  # Before any work; the members share one device (no batch split).
+    config_checks.validate(c, driver='semi_supervised', known_datasets=data.known_datasets())
   config = configs[0]
   num_steps = config.total_steps
   steps_per_call = config.get('steps_per_call', 1)
@@ -232,7 +235,14 @@ def train_population(configs: Sequence[ml_collections.ConfigDict],
     errors = test_errors(trainer, *program.stacked_d(carry), test_images, test_labels,
                          config.ssl.eval_batch_size)
     for i in alive():
-      members[i].ckpt.save(step_number, program.member(carry, i))
+      state = program.member(carry, i)
+      try:  # Nor a state that is itself non-finite (its losses may have been finite).
+        train_lib.assert_state_finite(state, step_number)
+      except train_lib.NonFiniteStateError as e:
+        members[i].error = str(e)
+        logging.error('%s stopped: %s', members[i].workdir, e)
+        continue
+      members[i].ckpt.save(step_number, state)
       members[i].writer.write_scalars(step_number, {'eval/test_error': float(errors[i])})
 
   def write_samples(step_number: int) -> None:

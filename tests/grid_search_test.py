@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from configs import mnist_grid
-from ebgan_jax import classifier, grid, population, sharding
+from ebgan_jax import classifier, config_checks, grid, population, sharding
+from tests import remote_fs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -321,10 +322,10 @@ def _width_bucket(tfds_data_dir, bucketing):
 
 
 def test_a_bucketed_grid_on_a_remote_workdir_writes_the_rows_of_the_unbucketed_one(
-    tmp_path, tfds_data_dir, untrained_classifier, fast_compiles, fake_gcs):
+    tmp_path, tfds_data_dir, untrained_classifier, fast_compiles):
   bucketed = _width_bucket(tfds_data_dir, 'on')
   ids = [grid.run_id(p) for p in bucketed]
-  with fake_gcs(tmp_path / 'bucket'), \
+  with remote_fs.fake_gcs(tmp_path), \
       mock.patch.object(grid.runner.logging, 'warning') as warning:
     summary = grid.run_grid(bucketed, 'gs://bucket/grid', classifier_dir=untrained_classifier,
                             compile_workers=0, log=lambda _: None)
@@ -362,3 +363,11 @@ def test_a_bucketed_grid_on_a_remote_workdir_writes_the_rows_of_the_unbucketed_o
       np.testing.assert_allclose(by_id[run][key], alone[run][key], rtol=1e-4, atol=1e-8,
                                  err_msg=key)
     assert by_id[run]['class_histogram'] == alone[run]['class_histogram']
+
+
+def test_a_bad_point_is_refused_before_any_work(tmp_path):
+  points = mnist_grid.sweep(mnist_grid.get_config('smoke'))
+  points[-1].loss.margin = -1.0
+  with pytest.raises(config_checks.ConfigError, match=r'loss\.margin = -1\.0: must be'):
+    grid.run_grid(points, tmp_path / 'grid', classifier_dir=tmp_path / 'classifier')
+  assert not (tmp_path / 'grid').exists() and not (tmp_path / 'classifier').exists()

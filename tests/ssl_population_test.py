@@ -100,3 +100,30 @@ def test_members_must_share_all_but_seeds_and_label_counts(tfds_data_dir, tmp_pa
   configs[1].optim.lr_d = 0.2
   with pytest.raises(ValueError, match='differ only in'):
     ssl_population.train_population(configs, [tmp_path / 'a', tmp_path / 'b'])
+
+
+def test_a_member_whose_state_is_not_finite_is_stopped_and_never_saved(tfds_data_dir, tmp_path,
+                                                                        monkeypatch):
+  """SGD at lr = inf for G: step 1's losses (from the initial params) are finite, the params
+  it leaves are not, so the loss check alone would save them at step 1. config_checks
+  rejects lr = inf up front; it is bypassed to reach the guard behind it."""
+  monkeypatch.setattr(ssl_population.config_checks, 'validate', lambda *a, **k: None)
+  configs = [_config(tfds_data_dir, s, n, total_steps=2) for s, n in MEMBERS[:2]]
+  for c in configs:
+    c.steps_per_call = c.log_every_steps = c.checkpoint_every_steps = 1
+    c.optim.lr_g = float('inf')
+  workdirs = [tmp_path / 'a', tmp_path / 'b']
+  results = ssl_population.train_population(configs, workdirs, strategy='unroll')
+  for result, workdir in zip(results, workdirs):
+    assert list(result) == ['error']  # No results record: the member did not finish.
+    assert 'after step 1 has non-finite values' in result['error']
+    assert not [p for p in (workdir / 'checkpoints').iterdir() if p.name[0].isdigit()]
+    assert not (workdir / 'results.json').exists()
+
+
+def test_a_bad_config_value_is_refused_before_any_work(tfds_data_dir, tmp_path):
+  configs = [_config(tfds_data_dir, 0, 20)]
+  configs[0].loss.margin = -5.0
+  with pytest.raises(ssl_population.config_checks.ConfigError, match=r'loss\.margin = -5'):
+    ssl_population.train_population(configs, [tmp_path / 'a'])
+  assert not (tmp_path / 'a').exists()

@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from ebgan_jax import data, evaluate, sample, sharding
+from ebgan_jax import config_checks, data, evaluate, sample, sharding
 from ebgan_jax.grid.programs import (Program, ProgramCache, batch_chunks, compile_population,
                                      data_config, data_key, generate_population,
                                      train_population)
@@ -156,6 +156,9 @@ def run_grid(points: Sequence[ml_collections.ConfigDict], workdir: str | os.Path
   points = list(points)
   if not points:
     raise ValueError('The sweep has no points.')
+  for config in points:  # Before any work: a bad value fails here, naming its field.
+    config_checks.validate(config, driver='grid', process_count=jax.process_count(),
+                           device_count=jax.device_count())
   base = points[0]
   variant = base.grid.variant
   if is_remote(workdir):
