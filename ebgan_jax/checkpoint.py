@@ -247,14 +247,28 @@ class Checkpointer:
   def _record(self, step: int) -> dict[str, Any] | None:
     """This module's record of `step` (None for checkpoints written before it existed).
 
-    Raises CheckpointCorruptError when the step's metadata file is missing or unparsable.
+    Raises CheckpointCorruptError when the step's metadata file is missing or unparsable;
+    any other error (e.g. storage that did not answer) is retried as `restore` retries, then
+    raised as it is.
     """
     path = self.directory / str(step) / CHECKPOINT_METADATA_FILE
-    try:
-      meta = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError) as e:
-      raise CheckpointCorruptError(f'{path} is missing or unreadable ({e}).') from e
-    return (meta.get('custom_metadata') or {}).get(METADATA_KEY)
+    for attempt in range(len(self._retry_delays) + 1):
+      try:
+        meta = json.loads(path.read_text())
+        return (meta.get('custom_metadata') or {}).get(METADATA_KEY)
+      except (FileNotFoundError, json.JSONDecodeError) as e:
+        raise CheckpointCorruptError(f'{path} is missing or unreadable ({e}).') from e
+      except Exception as e:  # pylint: disable=broad-except  # Retried, then raised.
+        if attempt == len(self._retry_delays):
+          raise
+        self._wait_to_retry(step, attempt, e)
+    raise AssertionError('unreachable')
+
+  def _wait_to_retry(self, step: int, attempt: int, error: Exception) -> None:
+    delay = self._retry_delays[attempt]
+    logging.warning('Restoring checkpoint %d of %s failed (%s: %s); retrying in %.0f s.',
+                    step, self.directory, type(error).__name__, str(error)[:200], delay)
+    time.sleep(delay)
 
   def restore(self, step: int, target: Any) -> Any:
     """Restores `step` with the structure, shapes and dtypes of `target`.
@@ -300,10 +314,7 @@ class Checkpointer:
               'with, or train in a new --workdir.') from e
         if attempt + 1 == attempts:
           raise
-        delay = self._retry_delays[attempt]
-        logging.warning('Restoring checkpoint %d of %s failed (%s: %s); retrying in %.0f s.',
-                        step, self.directory, type(e).__name__, str(e)[:200], delay)
-        time.sleep(delay)
+        self._wait_to_retry(step, attempt, e)
     raise AssertionError('unreachable')
 
   def _verify(self, step: int, state: Any, record: dict[str, Any]) -> None:

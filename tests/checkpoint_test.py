@@ -146,6 +146,31 @@ def test_a_transient_error_is_retried_then_raised_and_nothing_moved(tmp_path, mo
   ckpt.close()
 
 
+def test_a_transient_error_reading_the_metadata_is_retried_too(tmp_path, monkeypatch):
+  # The step's metadata (this module's record of its leaves) is read before orbax restores:
+  # a storage hiccup there is no more damage than one in the arrays.
+  ckpt = saved(tmp_path)
+  before = digest(tmp_path / 'ckpt')
+  real_read = type(ckpt.directory).read_text
+  failures = {'left': 2}
+
+  def flaky_read(self, *args, **kwargs):
+    if self.name == checkpoint.CHECKPOINT_METADATA_FILE and failures['left'] > 0:
+      failures['left'] -= 1
+      raise OSError('503 Service Unavailable (simulated)')
+    return real_read(self, *args, **kwargs)
+
+  monkeypatch.setattr(type(ckpt.directory), 'read_text', flaky_read)
+  _, step = ckpt.restore_latest(make_state(0.0))
+  assert step == 2 and failures['left'] == 0
+  failures['left'] = 100
+  with pytest.raises(OSError, match='503'):
+    ckpt.restore_latest(make_state(0.0))
+  assert failures['left'] == 97  # 3 attempts, then raised; nothing moved aside.
+  assert digest(tmp_path / 'ckpt') == before
+  ckpt.close()
+
+
 def test_an_out_of_memory_is_raised_not_taken_for_damage(tmp_path, monkeypatch):
   ckpt = saved(tmp_path)
   before = digest(tmp_path / 'ckpt')
