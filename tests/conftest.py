@@ -121,37 +121,3 @@ def _assert_updates_close(got, want, initial, *, fraction=1e-3, outliers=1e-3, w
 def assert_updates_close():
   """`_assert_updates_close`: params against a reference, the tolerance from the update size."""
   return _assert_updates_close
-
-
-@contextlib.contextmanager
-def _fake_gcs(root):
-  """`gs://bucket/...` served from the local folder `root`, through etils' own epath mock.
-
-  etils picks its TensorFlow backend for gs:// when TensorFlow is installed, bypassing the
-  mock; with `gpath._is_tf_installed` false it uses the mocked backend.
-  """
-  from unittest import mock  # pylint: disable=g-import-not-at-top
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  prefix = 'gs://bucket'
-  local = lambda path: os.fspath(path).replace(prefix, str(root), 1)
-
-  def one(fn, path, *args, **kwargs):
-    return fn(local(path), *args, **kwargs)
-
-  def two(fn, path, dst, *args, **kwargs):
-    return fn(local(path), local(dst), *args, **kwargs)
-
-  def glob(fn, pattern):
-    return [p.replace(str(root), prefix, 1) for p in fn(local(pattern))]
-
-  with mock.patch.object(epath.gpath, '_is_tf_installed', lambda: False), \
-      epath.testing.mock_epath(open=one, exists=one, isdir=one, listdir=one, makedirs=one,
-                               mkdir=one, remove=one, rmtree=one, stat=one, glob=glob,
-                               rename=two, replace=two, copy=two):
-    yield
-
-
-@pytest.fixture(scope='session')
-def fake_gcs():
-  """`_fake_gcs`: `with fake_gcs(tmp_path / 'bucket'):` makes gs://bucket/... that folder."""
-  return _fake_gcs

@@ -11,6 +11,7 @@ import numpy as np
 from etils import epath
 
 from ebgan_jax import grid
+from tests import remote_fs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -51,10 +52,10 @@ def test_a_torn_last_line_is_skipped_and_not_glued_to_the_next_row(tmp_path):
   assert [r['run_id'] for r in grid.read_table(table)] == ['a', 'c']
 
 
-def test_a_remote_table_is_rewritten_whole_and_keeps_every_row(tmp_path, fake_gcs):
+def test_a_remote_table_is_rewritten_whole_and_keeps_every_row(tmp_path):
   root = tmp_path / 'bucket'
   table = 'gs://bucket/grid/results/t-shard0000of0001.jsonl'
-  with fake_gcs(root):
+  with remote_fs.fake_gcs(tmp_path):  # gs://bucket/... is tmp_path/bucket/...
     assert grid.is_remote(table) and not grid.is_remote(tmp_path)
     grid.append_rows(table, [{'run_id': 'a'}, {'run_id': 'b'}])
     local = root / 'grid' / 'results' / 't-shard0000of0001.jsonl'

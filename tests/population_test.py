@@ -13,6 +13,9 @@ from ebgan_jax import population, sharding, step
 from tests import single_runs as single_runs_lib
 
 STEPS = 4
+# Among the fake energies of these runs' first steps (~1.4-1.7), so that it changes which
+# samples the hinge trains on (see the control test).
+MARGIN_OF_MEMBER_1 = 1.5
 
 
 def _config(seed, lr, margin=10.0, pt_weight=0.0, kind='ebgan', optim='adam'):
@@ -50,11 +53,35 @@ def _population_run(configs, batches, mesh, corrupt=None, pop=None, strategy='vm
   return pop, history
 
 
+@pytest.mark.parametrize('field,other,players', [
+    ('lr', dict(lr=3e-4), ('g', 'd')),
+    ('margin', dict(margin=MARGIN_OF_MEMBER_1), ('d',)),
+    ('pt_weight', dict(pt_weight=0.1), ('g',))])
+def test_the_update_tolerance_tells_one_members_settings_from_anothers(
+    field, other, players, single_runs, assert_updates_close):
+  """The control of the test below: from the same initial params (seed 0), a run with another
+  lr, margin or lambda_PT fails the check that a member passes against its own run alone.
+
+  The margin must cut through the fake energies to matter: where m is above every E(G(z))
+  (here ~1.4-1.7 in these steps), the hinge's gradient is -dE/dtheta whatever m is, and a
+  margin of 4 trains exactly as one of 10. MARGIN_OF_MEMBER_1 lies among the energies."""
+  settings = dict(lr=1e-3, margin=10.0, pt_weight=0.0)
+  mine, theirs = _config(0, **settings), _config(0, **{**settings, **other})
+  mesh = sharding.make_mesh()
+  batches = single_runs_lib.random_batches(mine, STEPS)
+  initial, alone, _ = single_runs(mine, batches, mesh)
+  _, changed, _ = single_runs(theirs, batches, mesh)
+  for player in players:
+    with pytest.raises(AssertionError):
+      assert_updates_close(getattr(changed, player).params, getattr(alone, player).params,
+                           getattr(initial, player).params, what=f'{field}: {player}')
+
+
 @pytest.mark.parametrize('strategy', ['vmap', 'unroll', 'map'])
 def test_adam_members_follow_their_single_runs(strategy, single_runs, assert_updates_close):
   # Members differ in seed, learning rate, margin and lambda_PT (all per-member fields).
   configs = [_config(0, 1e-3, margin=10.0, pt_weight=0.0),
-             _config(7, 3e-4, margin=4.0, pt_weight=0.1)]
+             _config(7, 3e-4, margin=MARGIN_OF_MEMBER_1, pt_weight=0.1)]
   mesh = sharding.make_mesh()
   batches = single_runs_lib.random_batches(configs[0], STEPS)
   pop, pop_history = _population_run(configs, batches, mesh, strategy=strategy)
