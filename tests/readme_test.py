@@ -1,6 +1,6 @@
 """Every command the READMEs show parses: its module, its flags and its config overrides.
 
-The ```bash blocks of README.md and experiments/README*.md are split into commands
+The ```bash blocks of README.md, RESULTS.md and experiments/README*.md are split into commands
 (backslash continuations joined, comments and environment assignments dropped). Each
 `python -m MODULE ...` command runs, in one subprocess, up to its flag parsing: the module's
 `absl.app.run` is replaced by a parse of the command's flags (which loads `--config=FILE:ARG`
@@ -17,7 +17,8 @@ import subprocess
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-READMES = [REPO / 'README.md', *sorted((REPO / 'experiments').glob('README*.md'))]
+READMES = [REPO / 'README.md', REPO / 'RESULTS.md',
+           *sorted((REPO / 'experiments').glob('README*.md'))]
 
 CHECKER = r'''
 import json, runpy, sys, warnings
