@@ -5,14 +5,17 @@ local folder `./gs:/bucket/run`.
 """
 
 import json
+import math
 import pathlib
+import shutil
 
 import jax
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from tests import remote_fs, single_runs
-from ebgan_jax import classifier, evaluate, sample, train
+from configs import mnist_ssl
+from ebgan_jax import classifier, evaluate, inception, sample, ssl_train, train
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures('fast_compiles_module')]
 RUN = 'gs://bucket/runs/demo'
@@ -24,7 +27,7 @@ def metrics_steps(local_run: pathlib.Path) -> list[int]:
 
 
 def test_a_run_on_gs_trains_resumes_falls_back_and_is_sampled(tmp_path, monkeypatch,
-                                                              tfds_data_dir):
+                                                              tfds_data_dir, random_inception):
   bucket_root = tmp_path / 'bucket_store'
   bucket_root.mkdir()
   cwd = tmp_path / 'cwd'
@@ -62,6 +65,13 @@ def test_a_run_on_gs_trains_resumes_falls_back_and_is_sampled(tmp_path, monkeypa
     assert scores['step'] == 6
     assert remote_fs.exists(bucket_root, RUN + '/eval.json')
     assert remote_fs.exists(bucket_root, clf_dir + '/classifier.json')
+    # Inception weights on the bucket (random ones, at the smallest input size).
+    weights = 'gs://bucket/weights/inception.npz'
+    (bucket_root / 'bucket' / 'weights').mkdir(parents=True)
+    shutil.copy(random_inception[1], bucket_root / weights[len('gs://'):])
+    fid, fid_step = inception.fid_of_run(RUN, weights, num=8, batch_size=8,
+                                         input_size=inception.MIN_INPUT_SIZE)
+    assert fid_step == 6 and math.isfinite(fid)
 
   # TensorBoard reads the event files written through the mocked bucket.
   events = event_accumulator.EventAccumulator(str(local_run / 'logs'),
@@ -71,3 +81,31 @@ def test_a_run_on_gs_trains_resumes_falls_back_and_is_sampled(tmp_path, monkeypa
   assert 'samples' in events.Tags()['images']
   # Nothing landed in a local folder named after the URL.
   assert not (cwd / 'gs:').exists() and not list(cwd.iterdir())
+
+
+def test_a_semi_supervised_run_on_gs_trains_and_resumes(tmp_path, monkeypatch, tfds_data_dir):
+  """The Table 2 driver's loop (a tiny Ladder): checkpoints, logs, results.json on the bucket."""
+  bucket_root, cwd = tmp_path / 'bucket_store', tmp_path / 'cwd'
+  bucket_root.mkdir()
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+  run = 'gs://bucket/runs/ladder'
+  local_run = bucket_root / run[len('gs://'):]
+  config = mnist_ssl.get_config('ladder,runlocal')
+  config.model.ladder_widths = (32, 16, 10)
+  config.total_steps = 2
+  config.log_every_steps = config.checkpoint_every_steps = config.sample_every_steps = 2
+  config.batch_size = config.ssl.labelled_batch_size = 8
+  config.ssl.num_labelled = 20
+  config.tfds_data_dir = tfds_data_dir
+  with remote_fs.fake_gcs(bucket_root):
+    ssl_train.train_and_evaluate(config, run)
+    config.total_steps = 4  # Resumed from step 2 on the bucket, not restarted.
+    state, results = ssl_train.train_and_evaluate(config, run)
+  assert int(state.step) == 4 and results['steps'] == 4
+  assert sorted(p.name for p in (local_run / 'checkpoints').iterdir()) == ['2', '4']
+  assert json.loads((local_run / 'results.json').read_text())['steps'] == 4
+  lines = (local_run / 'logs' / 'metrics.jsonl').read_text().splitlines()
+  assert [r['step'] for r in map(json.loads, lines) if 'train/d_loss' in r] == [2, 4]
+  assert (local_run / 'config.json').exists()
+  assert not list(cwd.iterdir())
