@@ -33,6 +33,9 @@ Training budget. The paper does not state one. Every run gets `total_steps` = 2,
 batch 64 (about 2 epochs of MNIST's 60,000 digits, 16 of the embedded 8,000): enough for the
 fully-connected models to draw digits, and small enough that the 512-run EBGAN grid is a
 GPU-hours job. Change it with --config.total_steps=N; the budget is stored in every result row.
+It is short for the GANs under SGD: with App. C's D initialisation, N(0, 0.002), Figure 4
+(a)'s GAN scores I' 0.11 at 2,000 steps, 3.24 at 4,000 and 4.37 at 8,000 (RESULTS.md), so a
+GAN side compared at 2,000 steps is cut off before it starts; use >= 4,000 for a fair one.
 
 Scoring (`config.eval`): I', IS, classifier FID against the test split and the class
 histogram over `num_samples` generated digits, with the offline classifier of App. C trained
