@@ -108,11 +108,11 @@ def test_a_member_whose_state_is_not_finite_is_stopped_and_never_saved(tfds_data
   it leaves are not, so the loss check alone would save them at step 1. config_checks
   rejects lr = inf up front; it is bypassed to reach the guard behind it."""
   monkeypatch.setattr(ssl_population.config_checks, 'validate', lambda *a, **k: None)
-  configs = [_config(tfds_data_dir, s, n, total_steps=2) for s, n in MEMBERS[:2]]
+  configs = [_config(tfds_data_dir, 0, 20, total_steps=2)]  # A population of one: cheaper.
   for c in configs:
     c.steps_per_call = c.log_every_steps = c.checkpoint_every_steps = 1
     c.optim.lr_g = float('inf')
-  workdirs = [tmp_path / 'a', tmp_path / 'b']
+  workdirs = [tmp_path / 'a']
   results = ssl_population.train_population(configs, workdirs, strategy='unroll')
   for result, workdir in zip(results, workdirs):
     assert list(result) == ['error']  # No results record: the member did not finish.
