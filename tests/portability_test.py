@@ -28,17 +28,10 @@ FIRST_STEPS, MORE_STEPS = 4, 6
 
 
 def _configs(root: pathlib.Path, steps: int):
-  from configs import mnist_ssl  # pylint: disable=g-import-not-at-top
   from tests import single_runs  # pylint: disable=g-import-not-at-top
-  gan = single_runs.tiny_fc_config(str(root.parent / 'tfds'), steps)
-  ssl = mnist_ssl.get_config('ladder,runlocal')
-  ssl.model.ladder_widths = (32, 16, 10)
-  ssl.total_steps = steps
-  ssl.log_every_steps = ssl.checkpoint_every_steps = ssl.sample_every_steps = 2
-  ssl.batch_size = ssl.ssl.labelled_batch_size = 8
-  ssl.ssl.num_labelled = 20
-  ssl.tfds_data_dir = str(root.parent / 'tfds')
-  return gan, ssl
+  tfds_data_dir = str(root.parent / 'tfds')
+  return (single_runs.tiny_fc_config(tfds_data_dir, steps),
+          single_runs.tiny_ladder_config(tfds_data_dir, steps))
 
 
 def train_first(root: pathlib.Path) -> None:

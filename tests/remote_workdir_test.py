@@ -14,7 +14,6 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from tests import remote_fs, single_runs
-from configs import mnist_ssl
 from ebgan_jax import classifier, evaluate, inception, sample, ssl_train, train
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures('fast_compiles_module')]
@@ -91,13 +90,7 @@ def test_a_semi_supervised_run_on_gs_trains_and_resumes(tmp_path, monkeypatch, t
   monkeypatch.chdir(cwd)
   run = 'gs://bucket/runs/ladder'
   local_run = bucket_root / run[len('gs://'):]
-  config = mnist_ssl.get_config('ladder,runlocal')
-  config.model.ladder_widths = (32, 16, 10)
-  config.total_steps = 2
-  config.log_every_steps = config.checkpoint_every_steps = config.sample_every_steps = 2
-  config.batch_size = config.ssl.labelled_batch_size = 8
-  config.ssl.num_labelled = 20
-  config.tfds_data_dir = tfds_data_dir
+  config = single_runs.tiny_ladder_config(tfds_data_dir, total_steps=2)
   with remote_fs.fake_gcs(bucket_root):
     ssl_train.train_and_evaluate(config, run)
     config.total_steps = 4  # Resumed from step 2 on the bucket, not restarted.

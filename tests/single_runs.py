@@ -1,6 +1,6 @@
-"""Shared by several tests: a tiny Figure 4 (c) config for end-to-end runs, and reference runs
-for the tests of programs that train many runs at once (populations, padded populations):
-each run alone, exactly as `train.train_and_evaluate` steps it."""
+"""Shared by several tests: tiny Figure 4 (c) and Ladder configs for end-to-end runs, and
+reference runs for the tests of programs that train many runs at once (populations, padded
+populations): each run alone, exactly as `train.train_and_evaluate` steps it."""
 
 import jax
 import numpy as np
@@ -18,6 +18,19 @@ def tiny_fc_config(tfds_data_dir: str, total_steps: int):
   config.log_every_steps = config.checkpoint_every_steps = config.sample_every_steps = 2
   config.num_sample_images = 4
   config.eval_every_steps = 0  # Scores while training: evaluator_test.py.
+  config.tfds_data_dir = tfds_data_dir
+  return config
+
+
+def tiny_ladder_config(tfds_data_dir: str, total_steps: int):
+  """Table 2's Ladder at widths 32-16-10, batches of 8, 20 labels, every cadence 2."""
+  from configs import mnist_ssl  # pylint: disable=g-import-not-at-top
+  config = mnist_ssl.get_config('ladder,runlocal')
+  config.model.ladder_widths = (32, 16, 10)
+  config.total_steps = total_steps
+  config.log_every_steps = config.checkpoint_every_steps = config.sample_every_steps = 2
+  config.batch_size = config.ssl.labelled_batch_size = 8
+  config.ssl.num_labelled = 20
   config.tfds_data_dir = tfds_data_dir
   return config
 
